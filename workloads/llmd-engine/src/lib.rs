@@ -1,0 +1,24 @@
+//! The llmd inference engine: llama-family decoders on candle over a paged KV block pool,
+//! with the tokenizer and sampling around them.
+
+pub mod block_pool;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod ops;
+pub mod sampling;
+pub mod scheduler;
+pub mod serving;
+mod simd;
+
+pub use config::{Architecture, ModelConfig};
+pub use engine::{
+    load_gguf, load_model, model_fingerprint, Engine, EngineOptions, FinishReason, Generated,
+    SeqBlocks,
+};
+pub use error::{EngineError, Result};
+pub use kv::{BlockAllocator, KvCache, KvCacheSize, KvLayout};
+pub use model::{BatchSeq, Model};
+pub use sampling::{Sampler, SamplingParams};

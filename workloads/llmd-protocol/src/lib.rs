@@ -1,0 +1,8 @@
+//! Contracts every llmd component shares: how KV blocks are hashed (one function, used by
+//! workers, the cache-manager, the scheduler and tests) and the KV events workers publish.
+
+pub mod events;
+pub mod hashing;
+
+pub use events::KvEvent;
+pub use hashing::{block_hash, block_hashes, root_hash, BlockHash, DEFAULT_BLOCK_SIZE};

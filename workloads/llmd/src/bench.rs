@@ -1,0 +1,270 @@
+//! `llmd bench …`: repeatable speed measurements, printed as a table or one JSON line.
+
+use clap::{Args, Subcommand};
+use llmd_engine::SamplingParams;
+
+use crate::EngineArgs;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Single-stream prefill and decode speed of the engine.
+    Engine(EngineBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EngineBenchArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
+    /// Measured runs (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of single-stream: aggregate decode speed at these concurrencies (e.g.
+    /// `1,4,16`) through the batching engine, and cached vs cold time to first token.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    /// Prefix length for the cached-vs-cold TTFT measurement.
+    #[arg(long, default_value_t = 1024)]
+    pub cached_prefix: usize,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Engine(a) => engine(a),
+    }
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (v[0], median, v[n - 1])
+}
+
+/// A deterministic prompt of exactly `n` tokens: varied English text, repeated as needed.
+pub fn bench_prompt(tok: &llmd_tokenizer::Tokenizer, n: usize) -> anyhow::Result<Vec<u32>> {
+    const TEXT: &str = "The history of computing is a story of people who wanted machines to do arithmetic \
+        faster than any clerk could. Early mechanical calculators gave way to relays, then vacuum tubes, \
+        transistors and integrated circuits. Each step made machines smaller, cheaper and more reliable, \
+        and each opened new uses: weather forecasts, payroll, airline bookings, games, and the networks \
+        that now connect billions of phones. ";
+    let base = tok.encode(TEXT, false)?;
+    anyhow::ensure!(
+        !base.is_empty(),
+        "tokenizer produced no tokens for the bench prompt"
+    );
+    Ok(base.iter().copied().cycle().take(n).collect())
+}
+
+fn engine(a: EngineBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.runs > 0, "--runs must be at least 1");
+    if !a.concurrency.is_empty() {
+        return serving(a);
+    }
+    anyhow::ensure!(
+        a.prompt_tokens > 0 && a.decode_tokens > 1,
+        "need a prompt and at least 2 decode tokens"
+    );
+    let engine = a.engine.load()?;
+    let prompt = bench_prompt(&engine.tokenizer, a.prompt_tokens)?;
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(a.decode_tokens)
+    };
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for run in 0..=a.runs {
+        let g = engine.generate(&prompt, &params, |_| true)?;
+        anyhow::ensure!(
+            g.token_ids.len() == a.decode_tokens,
+            "generation ended early"
+        );
+        if run > 0 {
+            prefill.push(g.prefill_tok_s());
+            decode.push(g.decode_tok_s());
+        }
+    }
+    let (pmin, pmed, pmax) = stats(prefill);
+    let (dmin, dmed, dmax) = stats(decode);
+    let threads = rayon::current_num_threads();
+    let simd = llmd_quant::SimdLevel::detect().name();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prefill_tok_s": pmed, "decode_tok_s": dmed,
+                "prefill_tok_s_min": pmin, "prefill_tok_s_max": pmax,
+                "decode_tok_s_min": dmin, "decode_tok_s_max": dmax,
+                "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
+                "runs": a.runs, "threads": threads, "simd": simd, "model": engine.name,
+            })
+        );
+    } else {
+        println!(
+            "model {} | {threads} threads | kernels {simd} | {} runs",
+            engine.name, a.runs
+        );
+        println!("{:<28} {:>10} {:>10} {:>10}", "", "min", "median", "max");
+        println!(
+            "{:<28} {pmin:>10.1} {pmed:>10.1} {pmax:>10.1}",
+            format!("prefill {} tok (tok/s)", a.prompt_tokens)
+        );
+        println!(
+            "{:<28} {dmin:>10.1} {dmed:>10.1} {dmax:>10.1}",
+            format!("decode {} tok (tok/s)", a.decode_tokens)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `prompts` at once through the batching engine; returns (wall seconds, generated
+/// tokens, median time to first token in seconds).
+fn run_batch(
+    h: &llmd_engine::serving::EngineHandle,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+) -> anyhow::Result<(f64, usize, f64)> {
+    use llmd_engine::serving::StreamItem;
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(max_tokens)
+    };
+    let t0 = std::time::Instant::now();
+    let mut streams = Vec::new();
+    for p in prompts {
+        streams.push(h.submit(p.clone(), params.clone())?);
+    }
+    let mut tokens = 0;
+    let mut ttfts = Vec::new();
+    for s in &mut streams {
+        while let Some(item) = s.next_blocking() {
+            if let StreamItem::Token { .. } = item? {
+                tokens += 1;
+            }
+        }
+        if let Some(t) = s.timings().and_then(|t| t.time_to_first_token) {
+            ttfts.push(t.as_secs_f64());
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let ttft = if ttfts.is_empty() {
+        0.0
+    } else {
+        stats(ttfts).1
+    };
+    Ok((wall, tokens, ttft))
+}
+
+fn serving(a: EngineBenchArgs) -> anyhow::Result<()> {
+    use llmd_engine::serving::{LlmEngine, ServingConfig};
+    anyhow::ensure!(
+        a.concurrency.iter().all(|&c| c > 0),
+        "--concurrency values must be at least 1"
+    );
+    let (resolved, model, tok) = a.engine.load_parts()?;
+    let max_c = a.concurrency.iter().copied().max().unwrap_or(1);
+    let base = bench_prompt(&tok, 4096)?;
+    let mut cfg = ServingConfig::new(
+        resolved.name.clone(),
+        llmd_engine::model_fingerprint(&resolved, model.config()),
+    );
+    cfg.scheduler.max_num_seqs = max_c.max(16);
+    cfg.block_size = a.engine.block_size;
+    if let Some(kv) = a.engine.kv_cache()? {
+        cfg.kv_cache = kv;
+    }
+    let engine = LlmEngine::start(model, tok, cfg, None)?;
+    let h = engine.handle();
+    // Short, distinct prompts: the measurement is decode, not prefill.
+    let prompt_for = |i: usize| -> Vec<u32> { base[i * 37 % 1000..][..32].to_vec() };
+    run_batch(&h, &[prompt_for(999)], 8)?; // warm-up
+    let mut rows = Vec::new();
+    for &c in &a.concurrency {
+        let mut speeds = Vec::new();
+        for run in 0..a.runs {
+            let prompts: Vec<Vec<u32>> = (0..c).map(|i| prompt_for(run * 100 + i)).collect();
+            let (wall, tokens, _) = run_batch(&h, &prompts, a.decode_tokens)?;
+            speeds.push(tokens as f64 / wall);
+        }
+        let (min, med, max) = stats(speeds);
+        rows.push((c, min, med, max));
+    }
+    // Time to first token for a long prompt, cold, then with its prefix cached.
+    anyhow::ensure!(
+        a.cached_prefix + 64 < base.len(),
+        "--cached-prefix too long"
+    );
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for run in 0..a.runs {
+        // Each run uses a prefix the cache has not seen (shifted start), then reuses it.
+        let start = run * 13 % 50;
+        let prefix = &base[start..start + a.cached_prefix];
+        let with = |suffix: usize| -> Vec<u32> {
+            let mut p = prefix.to_vec();
+            p.extend_from_slice(&base[3000 + suffix * 16..3000 + suffix * 16 + 16]);
+            p
+        };
+        cold.push(run_batch(&h, &[with(run * 2)], 1)?.2);
+        warm.push(run_batch(&h, &[with(run * 2 + 1)], 1)?.2);
+    }
+    let (_, cold_med, _) = stats(cold);
+    let (_, warm_med, _) = stats(warm);
+    let single = rows.iter().find(|r| r.0 == 1).map(|r| r.2);
+    if a.json {
+        let conc: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|&(c, min, med, max)| {
+                serde_json::json!({"concurrency": c, "aggregate_decode_tok_s": med, "min": min, "max": max,
+                    "vs_single": single.map(|s| med / s)})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "concurrency": conc, "decode_tokens": a.decode_tokens, "runs": a.runs,
+                "cached_prefix_tokens": a.cached_prefix,
+                "ttft_cold_s": cold_med, "ttft_cached_s": warm_med, "ttft_cached_vs_cold": warm_med / cold_med,
+                "threads": rayon::current_num_threads(), "model": resolved.name,
+            })
+        );
+    } else {
+        println!(
+            "model {} | {} threads | {} runs, {} tokens each",
+            resolved.name,
+            rayon::current_num_threads(),
+            a.runs,
+            a.decode_tokens
+        );
+        println!(
+            "{:<12} {:>12} {:>12} {:>12} {:>10}",
+            "concurrency", "min tok/s", "median", "max", "vs c=1"
+        );
+        for (c, min, med, max) in &rows {
+            let ratio = single
+                .map(|s| format!("{:.2}x", med / s))
+                .unwrap_or_default();
+            println!("{c:<12} {min:>12.1} {med:>12.1} {max:>12.1} {ratio:>10}");
+        }
+        println!(
+            "TTFT with a {}-token prefix: cold {:.3} s, cached {:.3} s ({:.3}x)",
+            a.cached_prefix,
+            cold_med,
+            warm_med,
+            warm_med / cold_med
+        );
+    }
+    Ok(())
+}

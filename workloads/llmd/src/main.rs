@@ -1,0 +1,162 @@
+//! The `llmd` binary: one executable for every llmd workload and tool.
+
+mod bench;
+mod generate;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "llmd",
+    version,
+    about = "Disaggregated LLM serving: engine, workers, scheduler, cache-manager"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for one prompt, without a server; streams to stdout.
+    Generate(generate::GenerateArgs),
+    /// Manage models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch and check a model (default: SmolLM2-135M-Instruct Q4_1), print where it is.
+    Fetch {
+        /// `default`, a path to a .gguf file or a safetensors directory, or hf:ORG/REPO[:FILE].
+        source: Option<String>,
+    },
+}
+
+/// Options shared by every command that runs the engine.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Model source: `default`, a .gguf file, a safetensors directory, hf:ORG/REPO[:FILE].
+    #[arg(long, env = "LLMD_MODEL")]
+    pub model: Option<String>,
+    /// CPU threads for inference (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// KV cache size: a block count (`4096`) or bytes (`2GiB`); default: one full context.
+    #[arg(long)]
+    pub kv_cache_memory: Option<String>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = llmd_engine::engine::DEFAULT_BLOCK_SIZE)]
+    pub block_size: usize,
+}
+
+impl EngineArgs {
+    /// Sets up threads, resolves (fetching if needed) and loads the model.
+    pub fn load_parts(
+        &self,
+    ) -> anyhow::Result<(
+        llmd_models::ResolvedModel,
+        llmd_engine::Model,
+        llmd_tokenizer::Tokenizer,
+    )> {
+        if let Some(n) = self.threads {
+            anyhow::ensure!(n > 0, "--threads must be at least 1");
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()?;
+        }
+        let source = llmd_models::ModelSource::parse_opt(self.model.as_deref())?;
+        let resolved = llmd_models::resolve(&source, &llmd_models::FetchOptions::from_env())?;
+        let (model, tok) = llmd_engine::load_model(&resolved, &candle_core::Device::Cpu)?;
+        Ok((resolved, model, tok))
+    }
+
+    pub fn kv_cache(&self) -> anyhow::Result<Option<llmd_engine::KvCacheSize>> {
+        Ok(match &self.kv_cache_memory {
+            Some(s) => Some(llmd_engine::KvCacheSize::parse(s)?),
+            None => None,
+        })
+    }
+
+    /// The single-sequence engine (the plain path).
+    pub fn load(&self) -> anyhow::Result<llmd_engine::Engine> {
+        let (resolved, model, tok) = self.load_parts()?;
+        let opts = llmd_engine::EngineOptions {
+            block_size: self.block_size,
+            kv_cache: self.kv_cache()?,
+            ..Default::default()
+        };
+        Ok(llmd_engine::Engine::new(resolved.name, model, tok, &opts)?)
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Model {
+            command: ModelCommand::Fetch { source },
+        } => {
+            let source = llmd_models::ModelSource::parse_opt(source.as_deref())?;
+            let m = llmd_models::resolve(&source, &llmd_models::FetchOptions::from_env())?;
+            let path = match &m.format {
+                llmd_models::ModelFormat::Gguf { file } => file.clone(),
+                llmd_models::ModelFormat::Safetensors { dir, .. } => dir.clone(),
+            };
+            // Check that the engine can run it too, so that a bad model fails here, not later.
+            llmd_engine::Architecture::parse(&m.architecture)?;
+            println!("{}\t{}\t{}", m.name, m.architecture, path.display());
+            Ok(())
+        }
+        Command::Bench { command } => bench::run(command),
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text the outer message
+/// already includes (our library errors print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out.replace('\n', " ")
+}
+
+fn main() -> ExitCode {
+    // Our heavy kernels run on rayon's pool. candle's small element-wise ops would otherwise
+    // use its own spinning barrier pool, whose threads compete with rayon's for the same
+    // cores; on small machines that costs more than it saves.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LLMD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
