@@ -231,6 +231,10 @@ impl BlockPool {
         std::mem::take(&mut self.events)
     }
 
+    pub fn num_cached(&self) -> usize {
+        self.cached.len()
+    }
+
     pub fn cached_hashes(&self) -> HashSet<BlockHash> {
         self.cached.keys().copied().collect()
     }

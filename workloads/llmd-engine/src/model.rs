@@ -461,6 +461,13 @@ impl Model {
     /// Runs one step for a batch of sequences: writes their new tokens' K/V into the cache
     /// and returns the logits of each sequence's last token, `[seqs, vocab]`.
     pub fn forward(&self, cache: &KvCache, seqs: &[BatchSeq<'_>]) -> Result<Tensor> {
+        // Run the whole pass on a pool thread: its ~200 parallel regions then start from a
+        // worker that takes part itself, instead of each waking the pool from outside and
+        // sleeping until it is done (measured: ~15% of single-stream decode time).
+        rayon::scope(|_| self.forward_inner(cache, seqs))
+    }
+
+    fn forward_inner(&self, cache: &KvCache, seqs: &[BatchSeq<'_>]) -> Result<Tensor> {
         let c = &self.cfg;
         let bs = cache.layout.block_size;
         let mut ids = Vec::new();

@@ -111,37 +111,47 @@ impl CustomOp1 for RopeOp {
         }
         let half = d / 2;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h * d)
-            .zip(x.par_chunks(h * d))
-            .zip(self.positions.par_iter())
-            .for_each(|((o, xi), &pos)| {
-                // Same arithmetic as candle's reference tables: f32 angle, then cos/sin.
-                let mut cos = [0f32; 256];
-                let mut sin = [0f32; 256];
-                for (i, f) in self.freqs.inv_freq.iter().enumerate().take(256) {
-                    let a = pos as f32 * f;
-                    cos[i] = a.cos();
-                    sin[i] = a.sin();
-                }
-                for (oh, xh) in o.chunks_exact_mut(d).zip(xi.chunks_exact(d)) {
-                    match self.freqs.style {
-                        RopeStyle::Interleaved => {
-                            for i in 0..half {
-                                let (a, b) = (xh[2 * i], xh[2 * i + 1]);
-                                oh[2 * i] = a * cos[i] - b * sin[i];
-                                oh[2 * i + 1] = a * sin[i] + b * cos[i];
-                            }
+        let freqs = &self.freqs;
+        let rotate = |((o, xi), &pos): ((&mut [f32], &[f32]), &u32)| {
+            // Same arithmetic as candle's reference tables: f32 angle, then cos/sin.
+            let mut cos = [0f32; 256];
+            let mut sin = [0f32; 256];
+            for (i, f) in freqs.inv_freq.iter().enumerate().take(256) {
+                let a = pos as f32 * f;
+                cos[i] = a.cos();
+                sin[i] = a.sin();
+            }
+            for (oh, xh) in o.chunks_exact_mut(d).zip(xi.chunks_exact(d)) {
+                match freqs.style {
+                    RopeStyle::Interleaved => {
+                        for i in 0..half {
+                            let (a, b) = (xh[2 * i], xh[2 * i + 1]);
+                            oh[2 * i] = a * cos[i] - b * sin[i];
+                            oh[2 * i + 1] = a * sin[i] + b * cos[i];
                         }
-                        RopeStyle::Halves => {
-                            for i in 0..half {
-                                let (a, b) = (xh[i], xh[i + half]);
-                                oh[i] = a * cos[i] - b * sin[i];
-                                oh[i + half] = a * sin[i] + b * cos[i];
-                            }
+                    }
+                    RopeStyle::Halves => {
+                        for i in 0..half {
+                            let (a, b) = (xh[i], xh[i + half]);
+                            oh[i] = a * cos[i] - b * sin[i];
+                            oh[i + half] = a * sin[i] + b * cos[i];
                         }
                     }
                 }
-            });
+            }
+        };
+        // A handful of tokens (decode) is cheaper inline than handed to the thread pool.
+        if t >= 16 {
+            out.par_chunks_mut(h * d)
+                .zip(x.par_chunks(h * d))
+                .zip(self.positions.par_iter())
+                .for_each(rotate);
+        } else {
+            out.chunks_mut(h * d)
+                .zip(x.chunks(h * d))
+                .zip(self.positions.iter())
+                .for_each(rotate);
+        }
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

@@ -47,8 +47,11 @@ pub struct Usage {
 /// Per-request timings, for the latency histograms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
+    /// Arrival to first scheduled (vLLM's queue time).
     pub queued: Duration,
     pub time_to_first_token: Option<Duration>,
+    /// Mean time between output tokens after the first (vLLM's inter-token latency).
+    pub inter_token: Option<Duration>,
     pub e2e: Duration,
 }
 
@@ -454,9 +457,14 @@ impl Scheduler {
                 completion_tokens: s.num_generated(),
                 cached_tokens: s.cached_tokens,
             };
+            let generated = s.num_generated() as u32;
             let timings = Timings {
                 queued: s.first_scheduled.map(|t| t - s.arrival).unwrap_or_default(),
                 time_to_first_token: s.first_token.map(|t| t - s.arrival),
+                inter_token: s
+                    .first_token
+                    .filter(|_| generated > 1)
+                    .map(|t| (now - t) / (generated - 1)),
                 e2e: now - s.arrival,
             };
             updates.push((

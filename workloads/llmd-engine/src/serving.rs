@@ -101,6 +101,8 @@ pub struct EngineStats {
     pub kv_blocks_free: usize,
     /// Blocks held only by pins (exports not yet pulled or released).
     pub kv_blocks_pinned: usize,
+    /// Distinct block hashes in the prefix cache (what the KV events describe).
+    pub kv_blocks_cached: usize,
     /// Imports that could not be used (layout or fingerprint mismatch, no room).
     pub kv_import_rejected: u64,
     pub counters: SchedulerCounters,
@@ -297,6 +299,8 @@ impl EngineHandle {
             generated: 0,
             done: false,
             timings: None,
+            submitted: std::time::Instant::now(),
+            first_token: None,
         })
     }
 }
@@ -347,6 +351,8 @@ pub struct RequestStream {
     generated: usize,
     done: bool,
     timings: Option<Timings>,
+    submitted: std::time::Instant,
+    first_token: Option<std::time::Instant>,
 }
 
 impl RequestStream {
@@ -391,12 +397,25 @@ impl RequestStream {
         match msg {
             EngineMsg::Token(id) => {
                 self.generated += 1;
+                if self.first_token.is_none() {
+                    self.first_token = Some(std::time::Instant::now());
+                }
                 let piece = self.decoder.push(id)?;
                 let r = self.stops.push(&piece);
                 if r.stopped {
                     // A stop string: end here and let the engine drop the sequence.
                     let _ = self.tx.send(Command::Cancel(self.id));
                     self.done = true;
+                    let now = std::time::Instant::now();
+                    self.timings = Some(Timings {
+                        queued: Duration::ZERO,
+                        time_to_first_token: self.first_token.map(|t| t - self.submitted),
+                        inter_token: self
+                            .first_token
+                            .filter(|_| self.generated > 1)
+                            .map(|t| (now - t) / (self.generated as u32 - 1)),
+                        e2e: now - self.submitted,
+                    });
                     return Ok(StreamItem::Finished {
                         reason: FinishReason::Stop,
                         usage: Usage {
@@ -693,14 +712,24 @@ fn run_loop(
                 }
             }
         }
-        // Stats first, so that a client that sees its request finish also sees its blocks
-        // back in the pool.
+        // Events and stats first, so that a client that sees its request finish also sees
+        // its blocks back in the pool and the events that say so.
+        if let Some(ev) = &events {
+            let batch = sched.pool.take_events();
+            if !batch.is_empty() {
+                let _ = ev.send(batch);
+            }
+        } else {
+            sched.pool.take_events();
+        }
+
         if let Ok(mut st) = shared.stats.lock() {
             st.running = sched.running.len();
             st.waiting = sched.waiting.len();
             st.kv_usage = sched.pool.usage();
             st.kv_blocks_free = sched.pool.num_free();
             st.kv_blocks_pinned = pinned.values().map(|p| p.blocks.len()).sum();
+            st.kv_blocks_cached = sched.pool.num_cached();
             st.kv_import_rejected = import_rejected;
             st.counters = sched.counters;
         }
@@ -713,14 +742,6 @@ fn run_loop(
                 }
                 _ => {}
             }
-        }
-        if let Some(ev) = &events {
-            let batch = sched.pool.take_events();
-            if !batch.is_empty() {
-                let _ = ev.send(batch);
-            }
-        } else {
-            sched.pool.take_events();
         }
         if let Ok(mut st) = shared.stats.lock() {
             // Pins may have expired and imports been counted since the step.

@@ -21,20 +21,23 @@ pub fn has_avx2_fma() -> bool {
 }
 
 // Eight independent lanes so that LLVM vectorises the loop; the final reduction order is
-// fixed, so results do not depend on the code path beyond FMA rounding.
+// fixed. Every attention path calls this one function, so a token's result does not depend
+// on which path computed it.
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32], fma: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fma {
+        // SAFETY: `fma` is only true inside functions compiled with avx2+fma, which are
+        // only called after `has_avx2_fma()`.
+        return unsafe { dot_fma(a, b) };
+    }
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] = if fma {
-                x[i].mul_add(y[i], acc[i])
-            } else {
-                acc[i] + x[i] * y[i]
-            };
+            acc[i] += x[i] * y[i];
         }
     }
     let mut tail = 0f32;
@@ -42,6 +45,42 @@ fn dot_lanes(a: &[f32], b: &[f32], fma: bool) -> f32 {
         tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// AVX2+FMA dot product: two accumulators (to overlap FMA latency), one horizontal sum.
+/// LLVM's own vectorisation of the portable loop spent most of its time in shuffles.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            acc1,
+        );
+        i += 16;
+    }
+    if i + 8 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        i += 8;
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    let mut out = _mm_cvtss_f32(s);
+    while i < n {
+        out += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    out
 }
 
 #[inline(always)]
@@ -75,7 +114,7 @@ pub struct Tile<'a> {
 /// Decode (one query, one head) with the head size known at compile time, so that the
 /// output accumulator lives in registers instead of being reloaded for every key.
 #[inline(always)]
-fn attend_one<const D: usize>(t: &Tile<'_>, fma: bool) -> Vec<f32> {
+fn attend_one<'a, const D: usize>(t: &Tile<'a>, fma: bool) -> Vec<f32> {
     let bs = t.block_size;
     let ctx = t.pos0 + 1;
     let head = t.heads.0;
@@ -83,16 +122,19 @@ fn attend_one<const D: usize>(t: &Tile<'_>, fma: bool) -> Vec<f32> {
         Ok(q) => q,
         Err(_) => return vec![0.0; D],
     };
-    let row = |pool: &'_ [f32], j: usize| -> [f32; D] {
+    // Rows are borrowed in place (copying each into a local array defeated vectorisation).
+    let row = |pool: &'a [f32], j: usize| -> Option<&'a [f32; D]> {
         let slot = t.block_table[j / bs] as usize * bs + j % bs;
-        let mut r = [0f32; D];
-        r.copy_from_slice(&pool[(slot * t.num_kv_heads + t.kv_head) * D..][..D]);
-        r
+        pool.get((slot * t.num_kv_heads + t.kv_head) * D..)?
+            .get(..D)?
+            .try_into()
+            .ok()
     };
     let mut scores = vec![0f32; ctx];
     for (j, s) in scores.iter_mut().enumerate() {
-        let k = row(t.kc, j);
-        *s = dot_lanes(q, &k, fma) * t.scale;
+        if let Some(k) = row(t.kc, j) {
+            *s = dot_lanes(q, k, fma) * t.scale;
+        }
     }
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0f32;
@@ -102,7 +144,7 @@ fn attend_one<const D: usize>(t: &Tile<'_>, fma: bool) -> Vec<f32> {
     }
     let mut acc = [0f32; D];
     for (j, &p) in scores.iter().enumerate() {
-        let v = row(t.vc, j);
+        let Some(v) = row(t.vc, j) else { continue };
         for i in 0..D {
             acc[i] = if fma {
                 v[i].mul_add(p, acc[i])
