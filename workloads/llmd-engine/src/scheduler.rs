@@ -10,7 +10,7 @@ use llmd_protocol::{block_hash, BlockHash};
 
 use crate::block_pool::BlockPool;
 use crate::engine::FinishReason;
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::kv::KvCache;
 use crate::model::{BatchSeq, Model};
 use crate::sampling::Sampler;
@@ -496,10 +496,5 @@ impl Scheduler {
             return Some(s);
         }
         self.waiting.iter_mut().find(|s| s.id == id)
-    }
-
-    /// Error helper for callers that need one.
-    pub fn invalid(msg: impl Into<String>) -> EngineError {
-        EngineError::InvalidRequest(msg.into())
     }
 }
