@@ -13,7 +13,7 @@ use llmd_quant::{QMatrix, QType};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
-use crate::ops::{AttnSeq, PagedAttentionOp, QMatMulOp, RopeFreqs, RopeOp, SiluMulOp};
+use crate::ops::{AttnSeq, PagedAttentionOp, QMatMulOp, RopeFreqs, RopeOp, RopeTable, SiluMulOp};
 
 /// A weight matrix `[out, in]` and how it is multiplied.
 #[derive(Clone)]
@@ -510,7 +510,7 @@ impl Model {
         }
         let t = ids.len();
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let positions = Arc::new(positions);
+        let rope_table = Arc::new(RopeTable::new(&self.rope, &positions));
         let attn_op = PagedAttentionOp {
             seqs: Arc::new(attn),
             num_heads: nh,
@@ -521,8 +521,8 @@ impl Model {
         };
         let rope = |x: Tensor| -> Result<Tensor> {
             Ok(x.contiguous()?.apply_op1_no_bwd(&RopeOp {
-                freqs: self.rope.clone(),
-                positions: positions.clone(),
+                style: self.rope.style,
+                table: rope_table.clone(),
             })?)
         };
         let eps = c.rms_norm_eps as f32;

@@ -64,12 +64,7 @@ impl CustomOp1 for SiluMulOp {
         let (t, two) = l.shape().dims2()?;
         let inter = two / 2;
         let mut out = vec![0f32; t * inter];
-        let row = |(o, xi): (&mut [f32], &[f32])| {
-            let (g, u) = xi.split_at(inter);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
-        };
+        let row = |(o, xi): (&mut [f32], &[f32])| simd::silu_mul(o, xi);
         if t >= 8 {
             out.par_chunks_mut(inter)
                 .zip(x.par_chunks(two))
@@ -89,9 +84,37 @@ pub struct RopeFreqs {
 }
 
 /// RoPE on `[tokens, heads, head_dim]`, each token at its own position.
+/// cos and sin of every (position, frequency) of one forward pass, computed once and
+/// shared by all layers' q and k.
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(freqs: &RopeFreqs, positions: &[u32]) -> Self {
+        let half = freqs.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &pos in positions {
+            for f in &freqs.inv_freq {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Self { half, cos, sin }
+    }
+
+    fn positions(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+}
+
 pub struct RopeOp {
-    pub freqs: Arc<RopeFreqs>,
-    pub positions: Arc<Vec<u32>>,
+    pub style: RopeStyle,
+    pub table: Arc<RopeTable>,
 }
 
 impl CustomOp1 for RopeOp {
@@ -102,27 +125,20 @@ impl CustomOp1 for RopeOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "rope")?;
         let (t, h, d) = l.shape().dims3()?;
-        if t != self.positions.len() || d != 2 * self.freqs.inv_freq.len() {
+        let table = &self.table;
+        if t != table.positions() || d != 2 * table.half {
             candle_core::bail!(
                 "rope: shape {:?} vs {} positions",
                 l.shape(),
-                self.positions.len()
+                table.positions()
             )
         }
         let half = d / 2;
         let mut out = vec![0f32; x.len()];
-        let freqs = &self.freqs;
-        let rotate = |((o, xi), &pos): ((&mut [f32], &[f32]), &u32)| {
-            // Same arithmetic as candle's reference tables: f32 angle, then cos/sin.
-            let mut cos = [0f32; 256];
-            let mut sin = [0f32; 256];
-            for (i, f) in freqs.inv_freq.iter().enumerate().take(256) {
-                let a = pos as f32 * f;
-                cos[i] = a.cos();
-                sin[i] = a.sin();
-            }
+        let style = self.style;
+        let rotate = |((o, xi), (cos, sin)): ((&mut [f32], &[f32]), (&[f32], &[f32]))| {
             for (oh, xh) in o.chunks_exact_mut(d).zip(xi.chunks_exact(d)) {
-                match freqs.style {
+                match style {
                     RopeStyle::Interleaved => {
                         for i in 0..half {
                             let (a, b) = (xh[2 * i], xh[2 * i + 1]);
@@ -144,12 +160,12 @@ impl CustomOp1 for RopeOp {
         if t >= 16 {
             out.par_chunks_mut(h * d)
                 .zip(x.par_chunks(h * d))
-                .zip(self.positions.par_iter())
+                .zip(table.cos.par_chunks(half).zip(table.sin.par_chunks(half)))
                 .for_each(rotate);
         } else {
             out.chunks_mut(h * d)
                 .zip(x.chunks(h * d))
-                .zip(self.positions.iter())
+                .zip(table.cos.chunks(half).zip(table.sin.chunks(half)))
                 .for_each(rotate);
         }
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -210,7 +226,12 @@ impl CustomOp3 for PagedAttentionOp {
         }
         let slots = kc.len() / (kvh * d);
         let rep = h / kvh;
-        // One task per (sequence, kv head, tile of queries); each returns its rows.
+        // One task per (sequence, kv head, tile of queries); each returns its rows. A decode
+        // task takes all the query heads of its KV head, so each K/V row is read once for
+        // them all — unless there are too few sequences to keep the threads busy, when one
+        // task per query head spreads them (results are the same bits either way).
+        let decodes = self.seqs.iter().filter(|s| s.q_len == 1).count();
+        let split_heads = decodes * kvh < 4 * rayon::current_num_threads();
         let mut tasks = Vec::new();
         for (si, s) in self.seqs.iter().enumerate() {
             if s.q_start + s.q_len > t {
@@ -226,9 +247,7 @@ impl CustomOp3 for PagedAttentionOp {
             for g in 0..kvh {
                 for t0 in (0..s.q_len).step_by(Q_TILE) {
                     let t1 = (t0 + Q_TILE).min(s.q_len);
-                    if s.q_len == 1 {
-                        // Decode: one task per query head, so that a single sequence still
-                        // spreads over the threads (its K/V rows stay cache-resident).
+                    if s.q_len == 1 && split_heads {
                         for r in 0..rep {
                             tasks.push((si, g, r, r + 1, t0, t1));
                         }

@@ -230,6 +230,63 @@ fn parallel_splits_match_single_thread() {
     }
 }
 
+/// Row independence, bit for bit: an activation row's result is the same whatever m is and
+/// wherever the row sits in the batch (batched decode must equal single-sequence decode),
+/// on every level, single-threaded and on a pool.
+#[test]
+fn rows_bit_identical_whatever_m() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let pools: Vec<rayon::ThreadPool> = [1, 2, 3]
+        .iter()
+        .map(|&n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .expect("pool")
+        })
+        .collect();
+    for qtype in QTYPES {
+        for (rows, cols) in [(523, 576), (67, 96), (300, 1536)] {
+            let wf = weights(&mut rng, rows, cols);
+            let w = QMatrix::quantize(qtype, rows, cols, &wf).expect("quantize");
+            let x = activations(&mut rng, 64, cols);
+            for level in SimdLevel::available() {
+                let single: Vec<Vec<f32>> = (0..64)
+                    .map(|c| {
+                        let mut o = vec![f32::NAN; rows];
+                        w.matmul_with(level, &x[c * cols..(c + 1) * cols], 1, &mut o)
+                            .expect("matmul");
+                        o
+                    })
+                    .collect();
+                for m in [2, 3, 4, 5, 7, 9, 16, 17, 33, 64] {
+                    // Rows starting at different offsets, so a row sits in different tile and
+                    // task positions.
+                    for start in [0, 64 - m] {
+                        let xs = &x[start * cols..(start + m) * cols];
+                        for pool in &pools {
+                            let mut got = vec![f32::NAN; m * rows];
+                            pool.install(|| w.matmul_with(level, xs, m, &mut got))
+                                .expect("matmul");
+                            for (j, row) in got.chunks_exact(rows).enumerate() {
+                                let want = &single[start + j];
+                                for (n, (g, e)) in row.iter().zip(want).enumerate() {
+                                    assert!(
+                                        g.to_bits() == e.to_bits(),
+                                        "{qtype} {level} {rows}x{cols} m={m} start={start} \
+                                         threads={} row {j} out {n}: {g} vs {e}",
+                                        pool.current_num_threads()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A matmul called from inside rayon tasks (the caller's scratch may be borrowed by an outer
 /// call on the same thread) still gives the right answer.
 #[test]
