@@ -136,7 +136,8 @@ impl CustomOp1 for RopeOp {
         let half = d / 2;
         let mut out = vec![0f32; x.len()];
         let style = self.style;
-        let rotate = |((o, xi), (cos, sin)): ((&mut [f32], &[f32]), (&[f32], &[f32]))| {
+        type Rows<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a [f32]));
+        let rotate = |((o, xi), (cos, sin)): Rows<'_>| {
             for (oh, xh) in o.chunks_exact_mut(d).zip(xi.chunks_exact(d)) {
                 match style {
                     RopeStyle::Interleaved => {
