@@ -16,6 +16,7 @@ use crate::QType;
 pub(crate) struct ActBuf {
     pub qs: Vec<i8>,
     pub ds: Vec<f32>,
+    pub spread: Vec<f32>,
 }
 
 /// Quantized activation rows, borrowed from an [`ActBuf`].
@@ -27,6 +28,25 @@ pub(crate) struct Acts<'a> {
     pub nb: usize,
     /// Blocks per row in storage (`nb` rounded up to even).
     pub nbp: usize,
+    /// Per row, per block pair, [`SPREAD`] floats for the 512-bit kernel (empty for the
+    /// others): see [`spread_row`].
+    pub spread: &'a [f32],
+}
+
+/// Floats per block pair in [`Acts::spread`].
+pub(crate) const SPREAD: usize = 32;
+
+/// A row's scales laid out as the 512-bit kernel uses them, once per call instead of once
+/// per tile: per block pair `[d0; 8], [d1; 8], [s0 / 8; 8], [s1 / 8; 8]` (each block's dot
+/// is spread over 8 lanes; each lane adds an eighth of the block's `m * s`, exactly).
+pub(crate) fn spread_row(ds_row: &[f32], out: &mut [f32]) {
+    for (pair, out) in ds_row.chunks_exact(4).zip(out.chunks_exact_mut(SPREAD)) {
+        let (d, s) = out.split_at_mut(16);
+        d[..8].fill(pair[0]);
+        d[8..].fill(pair[2]);
+        s[..8].fill(pair[1] * 0.125);
+        s[8..].fill(pair[3] * 0.125);
+    }
 }
 
 impl Acts<'_> {

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::act::{padded_blocks, quantize_row_scalar, ActBuf, Acts};
+use crate::act::{padded_blocks, quantize_row_scalar, spread_row, ActBuf, Acts, SPREAD};
 use crate::{scalar, QMatrix, QType, QuantError, SimdLevel};
 
 /// One rayon task: weight rows `r0..r1` against activation rows `c0..c1`.
@@ -77,6 +77,15 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Self::Avx512(t) => t.avx2().quantize_row(x, qs, ds),
         }
+    }
+
+    /// Whether the kernel reads [`Acts::spread`].
+    fn wants_spread(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Self::Avx512(_) = self {
+            return true;
+        }
+        false
     }
 
     fn run_task(self, w: &QMatrix, a: &Acts<'_>, task: &mut Task<'_>) {
@@ -170,11 +179,27 @@ fn run(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize, out: &mut [f32], buf: &
             kernel.quantize_row(x, qs, ds);
         }
     }
+    let spread_len = if kernel.wants_spread() {
+        nbp / 2 * SPREAD
+    } else {
+        0
+    };
+    buf.spread.resize(m * spread_len, 0.0);
+    if spread_len > 0 {
+        for (ds, out) in buf
+            .ds
+            .chunks_exact(ds_row)
+            .zip(buf.spread.chunks_exact_mut(spread_len))
+        {
+            spread_row(ds, out);
+        }
+    }
     let acts = Acts {
         qs: &buf.qs,
         ds: &buf.ds,
         nb,
         nbp,
+        spread: &buf.spread,
     };
 
     let work = m.saturating_mul(rows).saturating_mul(cols);
@@ -251,6 +276,8 @@ pub(crate) struct TileArgs<'a> {
     pub aq: &'a [i8],
     /// `C` rows of `nbp * 2` scales.
     pub ads: &'a [f32],
+    /// `C` rows of `nbp / 2 * SPREAD` spread scales, or empty.
+    pub spread: &'a [f32],
     pub nbp: usize,
 }
 
@@ -273,6 +300,11 @@ pub(crate) fn run_tiles(
     let rb = w.row_bytes();
     let bytes = w.as_bytes();
     let (qs_row, ds_row) = (a.nbp * QType::BLOCK, a.nbp * 2);
+    let sp_row = if a.spread.is_empty() {
+        0
+    } else {
+        a.nbp / 2 * SPREAD
+    };
     let mut res: TileOut = [[0.0; 4]; 4];
     let mut cb = task.c0;
     while cb < task.c1 {
@@ -289,6 +321,7 @@ pub(crate) fn run_tiles(
                     nb: a.nb,
                     aq: &a.qs[c * qs_row..(c + nc) * qs_row],
                     ads: &a.ds[c * ds_row..(c + nc) * ds_row],
+                    spread: &a.spread[c * sp_row..(c + nc) * sp_row],
                     nbp: a.nbp,
                 };
                 tile(nr, nc, &args, &mut res);
