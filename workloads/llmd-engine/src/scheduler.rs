@@ -486,7 +486,9 @@ impl Scheduler {
         let bs = self.block_size();
         seq.num_computed = (blocks.len() * bs).min(seq.tokens.len().saturating_sub(1));
         seq.blocks = blocks;
-        seq.cached_tokens = 0;
+        // Imported tokens were not computed here: reported as cached, as vLLM reports
+        // tokens its KV connector loaded.
+        seq.cached_tokens = seq.num_computed;
         self.waiting.push_back(seq);
     }
 

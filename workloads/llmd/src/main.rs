@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (what the prefill and decode
+    /// charms run).
+    Worker(Box<worker::WorkerArgs>),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -117,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}\t{}\t{}", m.name, m.architecture, path.display());
             Ok(())
         }
+        Command::Worker(args) => worker::run(*args),
         Command::Bench { command } => bench::run(command),
     }
 }

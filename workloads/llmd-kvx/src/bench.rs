@@ -1,0 +1,123 @@
+//! `llmd bench kvx`: transfer speed over loopback TCP against a raw socket copy of the same
+//! bytes, in the same process, so the ratio is what to read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{KvBlob, KvExpect, KvLayoutHeader, KvSource, KvxError, Outcome, CHUNK};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    pub bytes: usize,
+    pub kvx_gbps: f64,
+    pub raw_gbps: f64,
+    /// Median time of one kvx pull, seconds.
+    pub kvx_latency_s: f64,
+}
+
+struct Source(KvBlob);
+
+impl KvSource for Source {
+    fn fetch(
+        &self,
+        _id: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<KvBlob, String>> + Send + '_>>
+    {
+        let b = self.0.clone();
+        Box::pin(async move { Ok(b) })
+    }
+    fn finished(&self, _id: &str, _outcome: Outcome) {}
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// For each size: `iters` kvx pulls and `iters` raw copies over 127.0.0.1, interleaved.
+pub async fn loopback(sizes: &[usize], iters: usize) -> Result<Vec<BenchRow>, KvxError> {
+    let mut rows = Vec::new();
+    for &bytes in sizes {
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 131 + 7) as u8).collect();
+        let header = KvLayoutHeader {
+            fingerprint: "bench".into(),
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 1,
+            dtype: "f32".into(),
+            block_size: 1,
+            num_blocks: 1,
+            num_tokens: 1,
+            payload_len: bytes as u64,
+        };
+        let expect = KvExpect {
+            fingerprint: "bench".into(),
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 1,
+            dtype: "f32".into(),
+            block_size: 1,
+        };
+        let (addr, server) = crate::KvServer::bind("127.0.0.1:0").await?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let src = Arc::new(Source(KvBlob {
+            header,
+            data: bytes::Bytes::from(data.clone()),
+        }));
+        let task = tokio::spawn(server.serve(src, async {
+            let _ = stop_rx.await;
+        }));
+        let raw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let raw_addr = raw_listener.local_addr()?;
+        let payload = Arc::new(data);
+        let p2 = payload.clone();
+        // The raw side: a plain socket writing the bytes for each connection.
+        let raw_task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = raw_listener.accept().await {
+                let _ = s.set_nodelay(true);
+                for chunk in p2.chunks(CHUNK) {
+                    if s.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let (mut kvx, mut raw, mut lat) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..iters {
+            let t = Instant::now();
+            let b = crate::pull(
+                &addr.to_string(),
+                "bench",
+                &expect,
+                Duration::from_secs(120),
+            )
+            .await?;
+            let dt = t.elapsed().as_secs_f64();
+            if b.data.len() != bytes {
+                return Err(KvxError::Protocol("short benchmark transfer".into()));
+            }
+            kvx.push(bytes as f64 / dt / 1e9);
+            lat.push(dt);
+            let t = Instant::now();
+            let mut s = tokio::net::TcpStream::connect(raw_addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![0u8; bytes];
+            for chunk in buf.chunks_mut(CHUNK) {
+                s.read_exact(chunk).await?;
+            }
+            raw.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        let _ = stop_tx.send(());
+        let _ = task.await;
+        raw_task.abort();
+        rows.push(BenchRow {
+            bytes,
+            kvx_gbps: median(kvx),
+            raw_gbps: median(raw),
+            kvx_latency_s: median(lat),
+        });
+    }
+    Ok(rows)
+}

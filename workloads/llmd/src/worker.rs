@@ -1,0 +1,238 @@
+//! `llmd worker`: loads the model, starts the batching engine and serves it (llmd-worker).
+//! Every flag can also come from a YAML file (`--config`, keys as the flags without `--`);
+//! flags win over the file, which is what the charms write.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+use crate::EngineArgs;
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// prefill, decode or both [default: both]
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// HTTP port [default: 8000]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Model name(s) clients use in `model` (default: the model's own name). Block hashes
+    /// are seeded with the first.
+    #[arg(long)]
+    pub served_model_name: Vec<String>,
+    /// Sequences running at once [default: 64]
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Tokens one engine step may process (chunked prefill budget) [default: 512]
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// Requests allowed to wait before new ones get 503 with Retry-After [default: 256]
+    #[arg(long)]
+    pub max_waiting: Option<usize>,
+    /// KV transfer port for prefill legs (prefill and both roles) [default: a free port]
+    #[arg(long)]
+    pub kv_port: Option<u16>,
+    /// Host decode workers should pull KV from [default: --host, or 127.0.0.1 for 0.0.0.0]
+    #[arg(long)]
+    pub kv_host: Option<String>,
+    /// Seconds a KV pull may take, and an unpulled export stays pinned [default: 30]
+    #[arg(long)]
+    pub kv_transfer_timeout: Option<f64>,
+    /// Publish KV events to this ZMQ endpoint, e.g. tcp://cache-manager:5557
+    #[arg(long)]
+    pub kv_events_endpoint: Option<String>,
+    /// connect (to a cache-manager's bound socket, llm-d's way) or bind (vLLM's default)
+    /// [default: connect]
+    #[arg(long)]
+    pub kv_events_mode: Option<String>,
+    /// Bind a replay socket here (e.g. tcp://*:5558) serving missed event batches
+    #[arg(long)]
+    pub kv_events_replay_endpoint: Option<String>,
+    /// YAML file with any of these settings (flags take precedence)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The YAML file's keys: the flags' names.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    model: Option<String>,
+    threads: Option<usize>,
+    kv_cache_memory: Option<String>,
+    block_size: Option<usize>,
+    role: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    served_model_name: Option<StringOrList>,
+    max_num_seqs: Option<usize>,
+    max_num_batched_tokens: Option<usize>,
+    max_waiting: Option<usize>,
+    kv_port: Option<u16>,
+    kv_host: Option<String>,
+    kv_transfer_timeout: Option<f64>,
+    kv_events_endpoint: Option<String>,
+    kv_events_mode: Option<String>,
+    kv_events_replay_endpoint: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl WorkerArgs {
+    /// Fills every unset flag from the config file.
+    fn merge_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let f: FileConfig = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        macro_rules! fill {
+            ($dst:expr, $src:expr) => {
+                if $dst.is_none() {
+                    $dst = $src;
+                }
+            };
+        }
+        fill!(self.engine.model, f.model);
+        fill!(self.engine.threads, f.threads);
+        fill!(self.engine.kv_cache_memory, f.kv_cache_memory);
+        if let Some(bs) = f.block_size {
+            if self.engine.block_size == llmd_engine::engine::DEFAULT_BLOCK_SIZE {
+                self.engine.block_size = bs;
+            }
+        }
+        fill!(self.role, f.role);
+        fill!(self.host, f.host);
+        fill!(self.port, f.port);
+        if self.served_model_name.is_empty() {
+            self.served_model_name = match f.served_model_name {
+                Some(StringOrList::One(s)) => vec![s],
+                Some(StringOrList::Many(v)) => v,
+                None => Vec::new(),
+            };
+        }
+        fill!(self.max_num_seqs, f.max_num_seqs);
+        fill!(self.max_num_batched_tokens, f.max_num_batched_tokens);
+        fill!(self.max_waiting, f.max_waiting);
+        fill!(self.kv_port, f.kv_port);
+        fill!(self.kv_host, f.kv_host);
+        fill!(self.kv_transfer_timeout, f.kv_transfer_timeout);
+        fill!(self.kv_events_endpoint, f.kv_events_endpoint);
+        fill!(self.kv_events_mode, f.kv_events_mode);
+        fill!(self.kv_events_replay_endpoint, f.kv_events_replay_endpoint);
+        Ok(self)
+    }
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let a = args.merge_file()?;
+    let role = llmd_worker::Role::parse(a.role.as_deref().unwrap_or("both"))?;
+    let host = a.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let port = a.port.unwrap_or(8000);
+    let timeout = a.kv_transfer_timeout.unwrap_or(30.0);
+    anyhow::ensure!(
+        timeout.is_finite() && timeout > 0.0,
+        "--kv-transfer-timeout must be a positive number of seconds"
+    );
+    let timeout = Duration::from_secs_f64(timeout);
+    let connect = match a.kv_events_mode.as_deref().unwrap_or("connect") {
+        "connect" => true,
+        "bind" => false,
+        other => anyhow::bail!("--kv-events-mode must be connect or bind, not {other:?}"),
+    };
+    if let Some(ep) = &a.kv_events_endpoint {
+        anyhow::ensure!(
+            ep.starts_with("tcp://"),
+            "--kv-events-endpoint must be tcp://HOST:PORT, not {ep:?}"
+        );
+    }
+    // Fail on a busy port before spending time on the model.
+    std::net::TcpListener::bind((host.as_str(), port))
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+
+    let (resolved, model, tok) = a.engine.load_parts()?;
+    let served = if a.served_model_name.is_empty() {
+        vec![resolved.name.clone()]
+    } else {
+        a.served_model_name.clone()
+    };
+    let mut cfg = llmd_engine::serving::ServingConfig::new(
+        served[0].clone(),
+        llmd_engine::model_fingerprint(&resolved, model.config()),
+    );
+    cfg.block_size = a.engine.block_size;
+    if let Some(kv) = a.engine.kv_cache()? {
+        cfg.kv_cache = kv;
+    }
+    if let Some(n) = a.max_num_seqs {
+        anyhow::ensure!(n > 0, "--max-num-seqs must be at least 1");
+        cfg.scheduler.max_num_seqs = n;
+    }
+    if let Some(n) = a.max_num_batched_tokens {
+        anyhow::ensure!(n > 0, "--max-num-batched-tokens must be at least 1");
+        cfg.scheduler.max_num_batched_tokens = n;
+    }
+    cfg.pin_timeout = timeout;
+    let (events_tx, events_rx) = match a.kv_events_endpoint {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let engine = llmd_engine::serving::LlmEngine::start(model, tok, cfg, events_tx)?;
+
+    let mut wc = llmd_worker::WorkerConfig::new(host, port);
+    wc.served_model_names = served;
+    wc.role = role;
+    if let Some(n) = a.max_waiting {
+        wc.max_waiting = n;
+    }
+    wc.kv_port = a.kv_port;
+    wc.kv_advertise_host = a.kv_host;
+    wc.kv_transfer_timeout = timeout;
+    wc.kv_events_endpoint = a.kv_events_endpoint;
+    wc.kv_events_connect = connect;
+    wc.kv_events_replay_endpoint = a.kv_events_replay_endpoint;
+
+    // The engine has its own thread and rayon pool; two runtime threads are plenty for HTTP.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            tracing::info!("shutting down");
+        };
+        let w = llmd_worker::start(engine.handle(), wc, events_rx, shutdown).await?;
+        // Log lines a supervisor (and the tests) can read to find the ports.
+        eprintln!("llmd worker: http://{}", w.http_addr);
+        if let Some(kv) = w.kv_addr {
+            eprintln!("llmd worker: kv transfer on {kv}");
+        }
+        w.server.await?;
+        drop(engine);
+        anyhow::Ok(())
+    })
+}
