@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::{KvBlob, KvExpect, KvLayoutHeader, KvxError, CHUNK, MAGIC};
@@ -34,7 +34,48 @@ pub async fn pull(
         .map_err(|_| KvxError::Timeout(timeout))?
 }
 
+/// Idle connections per server address, reused by later pulls (decode workers pull from
+/// the same prefill workers over and over; a new connection costs more than a 1 MiB copy).
+static POOL: std::sync::Mutex<Vec<(String, TcpStream)>> = std::sync::Mutex::new(Vec::new());
+/// Idle connections kept per address.
+const POOL_PER_ADDR: usize = 4;
+
+fn take_pooled(addr: &str) -> Option<TcpStream> {
+    let mut pool = POOL.lock().ok()?;
+    let i = pool.iter().position(|(a, _)| a == addr)?;
+    Some(pool.swap_remove(i).1)
+}
+
+fn give_back(addr: &str, s: BufReader<TcpStream>) {
+    // Bytes left in the buffer would belong to nobody: only clean connections go back.
+    if !s.buffer().is_empty() {
+        return;
+    }
+    if let Ok(mut pool) = POOL.lock() {
+        if pool.iter().filter(|(a, _)| a == addr).count() < POOL_PER_ADDR {
+            pool.push((addr.to_string(), s.into_inner()));
+        }
+    }
+}
+
 async fn pull_inner(addr: &str, request_id: &str, expect: &KvExpect) -> Result<KvBlob, KvxError> {
+    let want = serde_json::to_vec(expect).map_err(|e| KvxError::Protocol(e.to_string()))?;
+    let mut req = Vec::with_capacity(16 + request_id.len() + want.len());
+    req.extend_from_slice(MAGIC);
+    req.extend_from_slice(&(request_id.len() as u32).to_be_bytes());
+    req.extend_from_slice(request_id.as_bytes());
+    req.extend_from_slice(&(want.len() as u32).to_be_bytes());
+    req.extend_from_slice(&want);
+    // A pooled connection the server has since closed fails before any answer byte: then
+    // the request is sent again on a new connection (nothing was transferred).
+    if let Some(s) = take_pooled(addr) {
+        let mut s = BufReader::with_capacity(64 << 10, s);
+        if s.get_mut().write_all(&req).await.is_ok() {
+            if let Ok(status) = s.read_u8().await {
+                return exchange(addr, s, status, request_id, expect).await;
+            }
+        }
+    }
     let s = TcpStream::connect(addr)
         .await
         .map_err(|source| KvxError::Connect {
@@ -43,19 +84,23 @@ async fn pull_inner(addr: &str, request_id: &str, expect: &KvExpect) -> Result<K
         })?;
     s.set_nodelay(true)?;
     // Buffered reads for the small control fields; payload reads bypass the buffer.
-    let mut s = tokio::io::BufReader::with_capacity(64 << 10, s);
-    let want = serde_json::to_vec(expect).map_err(|e| KvxError::Protocol(e.to_string()))?;
-    let mut req = Vec::with_capacity(16 + request_id.len() + want.len());
-    req.extend_from_slice(MAGIC);
-    req.extend_from_slice(&(request_id.len() as u32).to_be_bytes());
-    req.extend_from_slice(request_id.as_bytes());
-    req.extend_from_slice(&(want.len() as u32).to_be_bytes());
-    req.extend_from_slice(&want);
+    let mut s = BufReader::with_capacity(64 << 10, s);
     s.get_mut().write_all(&req).await?;
     let status = s
         .read_u8()
         .await
         .map_err(|e| eof_as_truncated(e, "status"))?;
+    exchange(addr, s, status, request_id, expect).await
+}
+
+/// The rest of a pull once the status byte is in.
+async fn exchange(
+    addr: &str,
+    mut s: BufReader<TcpStream>,
+    status: u8,
+    request_id: &str,
+    expect: &KvExpect,
+) -> Result<KvBlob, KvxError> {
     let len = s
         .read_u32()
         .await
@@ -70,6 +115,7 @@ async fn pull_inner(addr: &str, request_id: &str, expect: &KvExpect) -> Result<K
         .await
         .map_err(|e| eof_as_truncated(e, "header"))?;
     if status != 0 {
+        give_back(addr, s);
         return Err(KvxError::NotFound {
             request_id: request_id.to_string(),
             message: String::from_utf8_lossy(&buf).into_owned(),
@@ -79,6 +125,7 @@ async fn pull_inner(addr: &str, request_id: &str, expect: &KvExpect) -> Result<K
         serde_json::from_slice(&buf).map_err(|e| KvxError::Protocol(format!("bad header: {e}")))?;
     // The server sends no payload after a header that does not match; check it here too.
     if let Some((field, expected, got)) = expect.mismatch(&header) {
+        give_back(addr, s);
         return Err(KvxError::Mismatch {
             field,
             expected,
@@ -105,6 +152,7 @@ async fn pull_inner(addr: &str, request_id: &str, expect: &KvExpect) -> Result<K
         return Err(KvxError::Checksum { got, computed });
     }
     s.get_mut().write_u8(b'K').await?;
+    give_back(addr, s);
     Ok(KvBlob {
         header,
         data: data.into(),
