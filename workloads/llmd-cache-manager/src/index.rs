@@ -391,24 +391,30 @@ impl Index {
             }
         }
         let mut done: Vec<(u32, usize, f64)> = Vec::new();
-        for key in keys.iter().skip(1) {
+        // Per worker id: the block index it was last seen holding, and that block's weight.
+        // Marking holders then filtering the run is linear per block (a nested search was
+        // quadratic in the number of holders, which is the worker count for hot prefixes).
+        let mut seen: Vec<(usize, f64)> = vec![(usize::MAX, 0.0); self.workers.len()];
+        for (i, key) in keys.iter().enumerate().skip(1) {
             if run.is_empty() {
                 break;
             }
-            let holders = self
-                .keys
-                .get(key)
-                .map(|e| e.holders.as_slice())
-                .unwrap_or(&[]);
-            let mut i = 0;
-            while i < run.len() {
-                match holders.iter().find(|h| h.worker == run[i].0) {
-                    Some(h) => {
-                        run[i].1 += 1;
-                        run[i].2 += h.medium.weight();
-                        i += 1;
+            if let Some(e) = self.keys.get(key) {
+                for h in &e.holders {
+                    if let Some(slot) = seen.get_mut(h.worker as usize) {
+                        *slot = (i, h.medium.weight());
                     }
-                    None => done.push(run.swap_remove(i)),
+                }
+            }
+            let mut j = 0;
+            while j < run.len() {
+                match seen.get(run[j].0 as usize) {
+                    Some(&(at, weight)) if at == i => {
+                        run[j].1 += 1;
+                        run[j].2 += weight;
+                        j += 1;
+                    }
+                    _ => done.push(run.swap_remove(j)),
                 }
             }
         }

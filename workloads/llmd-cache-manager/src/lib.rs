@@ -4,6 +4,8 @@
 //! This crate holds the index ([`Index`]): applied KV events in, scores out. The event
 //! ingest (ZMQ), the HTTP API and the optional Redis backend build on it.
 
+pub mod bench;
 pub mod index;
+pub mod service;
 
 pub use index::{Index, IndexStats, Medium, Scored, WorkerScore};

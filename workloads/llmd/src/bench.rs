@@ -11,6 +11,74 @@ pub enum BenchCommand {
     Engine(EngineBenchArgs),
     /// KV transfer speed (llmd-kvx over loopback TCP) next to a raw socket copy.
     Kvx(KvxBenchArgs),
+    /// The cache-manager's index: block-event ingest rate, score latency in-process and
+    /// over HTTP.
+    CacheManager(CacheManagerBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheManagerBenchArgs {
+    /// Workers in the index.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// Blocks each worker holds (64 × 16384 = 1M blocks).
+    #[arg(long, default_value_t = 16384)]
+    pub blocks_per_worker: usize,
+    /// Length of the scored prompt.
+    #[arg(long, default_value_t = 8192)]
+    pub prompt_tokens: usize,
+    /// Scores timed (each way).
+    #[arg(long, default_value_t = 2000)]
+    pub iters: usize,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn cache_manager(a: CacheManagerBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.workers > 0 && a.iters > 0,
+        "--workers and --iters must be at least 1"
+    );
+    anyhow::ensure!(
+        a.prompt_tokens >= 16,
+        "--prompt-tokens must be at least one block (16)"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(llmd_cache_manager::bench::run(
+        a.workers,
+        a.blocks_per_worker,
+        a.prompt_tokens,
+        a.iters,
+    ))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "index: {} workers, {} blocks; prompt {} tokens",
+        r.workers, r.indexed_blocks, r.prompt_tokens
+    );
+    println!(
+        "ingest            {:>12.0} block events/s",
+        r.ingest_block_events_per_s
+    );
+    println!(
+        "score in-process  p50 {:>8.1} µs   p99 {:>8.1} µs   (token ids in)",
+        r.score_p50_us, r.score_p99_us
+    );
+    println!(
+        "score in-process  p50 {:>8.1} µs   p99 {:>8.1} µs   (block hashes in)",
+        r.score_keys_p50_us, r.score_keys_p99_us
+    );
+    println!(
+        "score over HTTP   p50 {:>8.1} µs   p99 {:>8.1} µs",
+        r.http_score_p50_us, r.http_score_p99_us
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +164,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(a) => engine(a),
         BenchCommand::Kvx(a) => kvx(a),
+        BenchCommand::CacheManager(a) => cache_manager(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `llmd` binary: one executable for every llmd workload and tool.
 
 mod bench;
+mod cache_manager;
 mod generate;
 mod worker;
 
@@ -31,6 +32,9 @@ enum Command {
     /// Serve the model over an OpenAI-compatible HTTP API (what the prefill and decode
     /// charms run).
     Worker(Box<worker::WorkerArgs>),
+    /// The cluster's KV block index: KV events in, prefix scores out (what the
+    /// cache-manager charm runs).
+    CacheManager(cache_manager::CacheManagerArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker(args) => worker::run(*args),
+        Command::CacheManager(args) => cache_manager::run(args),
         Command::Bench { command } => bench::run(command),
     }
 }

@@ -5,139 +5,16 @@
 //! `openai`, `pyzmq` and `msgspec`); elsewhere these tests print why they did not run.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{client, enabled, metric, model_name, post, repo_root, start_worker, Worker};
 use serde_json::{json, Value};
-
-fn enabled() -> Option<(String, String)> {
-    match (
-        std::env::var("LLMD_E2E").ok(),
-        std::env::var("LLMD_TEST_MODEL").ok(),
-        std::env::var("LLMD_TEST_PYTHON").ok(),
-    ) {
-        (Some(_), Some(m), Some(py)) => Some((m, py)),
-        _ => {
-            eprintln!("skipped: set LLMD_E2E=1, LLMD_TEST_MODEL and LLMD_TEST_PYTHON (tests/run e2e does)");
-            None
-        }
-    }
-}
-
-fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// A worker process, killed when dropped.
-struct Worker {
-    child: Child,
-    url: String,
-    kv_port: Option<u16>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_worker(model: &str, extra: &[&str]) -> Worker {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
-        .args([
-            "worker",
-            "--model",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ])
-        .args(extra)
-        .env("LLMD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[worker] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let (mut url, mut kv_port) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while url.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the worker did not start");
-        if let Some(u) = line.strip_prefix("llmd worker: http://") {
-            url = Some(format!("http://{}", u.trim()));
-        }
-        if let Some(kv) = line.strip_prefix("llmd worker: kv transfer on ") {
-            kv_port = kv.trim().rsplit(':').next().and_then(|p| p.parse().ok());
-        }
-    }
-    // The KV line follows the HTTP line when there is one.
-    if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
-        if let Some(kv) = line.strip_prefix("llmd worker: kv transfer on ") {
-            kv_port = kv.trim().rsplit(':').next().and_then(|p| p.parse().ok());
-        }
-    }
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    Worker {
-        child,
-        url: url.unwrap(),
-        kv_port,
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-fn post(url: &str, body: &Value) -> (u16, Value) {
-    let r = client().post(url).json(body).send().unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().unwrap_or(Value::Null))
-}
-
-/// One metric's value from a worker's /metrics (summing over label sets matching `labels`).
-fn metric(w: &Worker, name: &str, labels: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", w.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn model_name(w: &Worker) -> String {
-    let v: Value = client()
-        .get(format!("{}/v1/models", w.url))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    v["data"][0]["id"].as_str().unwrap().to_string()
-}
 
 const PROMPT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based inks and a wooden press adapted from those used for wine. Within fifty years printing had spread across Europe, and";
 

@@ -1,0 +1,151 @@
+//! Shared by the end-to-end tests that start real `llmd` server processes on 127.0.0.1.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn enabled() -> Option<(String, String)> {
+    match (
+        std::env::var("LLMD_E2E").ok(),
+        std::env::var("LLMD_TEST_MODEL").ok(),
+        std::env::var("LLMD_TEST_PYTHON").ok(),
+    ) {
+        (Some(_), Some(m), Some(py)) => Some((m, py)),
+        _ => {
+            eprintln!("skipped: set LLMD_E2E=1, LLMD_TEST_MODEL and LLMD_TEST_PYTHON (tests/run e2e does)");
+            None
+        }
+    }
+}
+
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A worker process, killed when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub url: String,
+    pub kv_port: Option<u16>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `llmd ARGS`, echoing its stderr; returns the process and its stderr lines.
+pub fn spawn_llmd(args: &[&str], tag: &'static str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(args)
+        .env("LLMD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for the line starting with `prefix`; returns the rest of it.
+pub fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_string();
+        }
+    }
+}
+
+/// Keeps draining a process's lines so its stderr never blocks it.
+pub fn drain(rx: mpsc::Receiver<String>) {
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+}
+
+pub fn start_worker(model: &str, extra: &[&str]) -> Worker {
+    let mut args = vec![
+        "worker",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let (child, rx) = spawn_llmd(&args, "worker");
+    let url = format!("http://{}", wait_line(&rx, "llmd worker: http://"));
+    // Roles that serve prefill legs print their KV port next.
+    let kv_port = rx
+        .recv_timeout(Duration::from_millis(300))
+        .ok()
+        .and_then(|l| {
+            l.strip_prefix("llmd worker: kv transfer on ")
+                .map(str::to_string)
+        })
+        .and_then(|a| a.rsplit(':').next()?.parse().ok());
+    drain(rx);
+    Worker {
+        child,
+        url,
+        kv_port,
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+pub fn post(url: &str, body: &Value) -> (u16, Value) {
+    let r = client().post(url).json(body).send().unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+/// One metric's value from a worker's /metrics (summing over label sets matching `labels`).
+pub fn metric(w: &Worker, name: &str, labels: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", w.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn model_name(w: &Worker) -> String {
+    let v: Value = client()
+        .get(format!("{}/v1/models", w.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["data"][0]["id"].as_str().unwrap().to_string()
+}
