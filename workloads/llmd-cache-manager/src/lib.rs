@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod index;
+pub mod redis_index;
 pub mod service;
 
 pub use index::{Index, IndexStats, Medium, Scored, WorkerScore};

@@ -75,6 +75,9 @@ pub struct ServiceConfig {
     pub config_file: Option<PathBuf>,
     /// How long a replay may take before the worker is cleared instead.
     pub replay_timeout: Duration,
+    /// `redis://HOST:PORT[/DB]` to keep the index in Redis/Valkey (shared by several
+    /// units); none keeps it in memory.
+    pub index_url: Option<String>,
 }
 
 impl ServiceConfig {
@@ -87,6 +90,7 @@ impl ServiceConfig {
             worker_ttl: Duration::from_secs(3600),
             config_file: None,
             replay_timeout: Duration::from_secs(5),
+            index_url: None,
         }
     }
 }
@@ -192,8 +196,85 @@ struct StreamState {
     last_event: Instant,
 }
 
+/// Where the index lives: this process, or a Redis/Valkey shared by several units. One of
+/// these exists per process, so the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Store {
+    Memory(RwLock<Index>),
+    Redis(crate::redis_index::RedisIndex),
+}
+
+impl Store {
+    async fn apply(&self, worker: &str, model: &str, events: &[KvEvent]) {
+        match self {
+            Store::Memory(i) => {
+                if let Ok(mut i) = i.write() {
+                    for ev in events {
+                        i.apply(worker, model, ev);
+                    }
+                }
+            }
+            Store::Redis(r) => {
+                for ev in events {
+                    if let Err(e) = r.apply(worker, model, ev).await {
+                        tracing::error!(error = %e, "index update failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn clear_worker(&self, worker: &str) {
+        match self {
+            Store::Memory(i) => {
+                if let Ok(mut i) = i.write() {
+                    i.clear_worker(worker);
+                }
+            }
+            Store::Redis(r) => {
+                if let Err(e) = r.clear_worker(worker).await {
+                    tracing::error!(error = %e, "index update failed");
+                }
+            }
+        }
+    }
+
+    async fn remove_worker(&self, worker: &str) {
+        match self {
+            Store::Memory(i) => {
+                if let Ok(mut i) = i.write() {
+                    i.remove_worker(worker);
+                }
+            }
+            Store::Redis(r) => {
+                if let Err(e) = r.remove_worker(worker).await {
+                    tracing::error!(error = %e, "index update failed");
+                }
+            }
+        }
+    }
+
+    async fn workers(&self) -> Vec<(String, String, usize)> {
+        match self {
+            Store::Memory(i) => i.read().map(|i| i.workers()).unwrap_or_default(),
+            Store::Redis(r) => r.workers().await.unwrap_or_default(),
+        }
+    }
+
+    /// (blocks, evicted, orphaned)
+    async fn summary(&self) -> (usize, u64, u64) {
+        match self {
+            Store::Memory(i) => i
+                .read()
+                .map(|i| (i.len(), i.stats().evicted, i.stats().orphaned))
+                .unwrap_or_default(),
+            Store::Redis(r) => r.summary().await.unwrap_or_default(),
+        }
+    }
+}
+
 struct Shared {
-    index: RwLock<Index>,
+    index: Store,
     streams: Mutex<HashMap<String, StreamState>>,
     file: Mutex<FileConfig>,
     metrics: Metrics,
@@ -208,10 +289,7 @@ pub struct RunningCacheManager {
 }
 
 /// Applies one batch to the index, counting its events.
-fn apply_batch(sh: &Shared, worker: &str, model: &str, batch: &EventBatch) {
-    let Ok(mut index) = sh.index.write() else {
-        return;
-    };
+async fn apply_batch(sh: &Shared, worker: &str, model: &str, batch: &EventBatch) {
     for ev in &batch.events {
         let kind = match ev {
             KvEvent::BlockStored { .. } => "BlockStored",
@@ -219,8 +297,8 @@ fn apply_batch(sh: &Shared, worker: &str, model: &str, batch: &EventBatch) {
             KvEvent::AllBlocksCleared => "AllBlocksCleared",
         };
         sh.metrics.events.with_label_values(&[kind]).inc();
-        index.apply(worker, model, ev);
     }
+    sh.index.apply(worker, model, &batch.events).await;
 }
 
 async fn ingest(sh: Arc<Shared>, mut sub: Subscriber) {
@@ -233,9 +311,7 @@ async fn ingest(sh: Arc<Shared>, mut sub: Subscriber) {
         let (worker, model) = (worker.to_string(), model.to_string());
         if r.restarted {
             sh.metrics.restarts.inc();
-            if let Ok(mut i) = sh.index.write() {
-                i.clear_worker(&worker);
-            }
+            sh.index.clear_worker(&worker).await;
         }
         if let Some(missed) = r.missed.clone() {
             sh.metrics.gaps.inc();
@@ -249,7 +325,7 @@ async fn ingest(sh: Arc<Shared>, mut sub: Subscriber) {
                 match llmd_kvevents::replay(&ep, missed.start, sh.cfg.replay_timeout).await {
                     Ok(batches) if batches.first().is_some_and(|b| b.seq <= missed.start) => {
                         for b in batches.iter().filter(|b| b.seq < missed.end) {
-                            apply_batch(&sh, &worker, &model, &b.batch);
+                            apply_batch(&sh, &worker, &model, &b.batch).await;
                         }
                         filled = true;
                         sh.metrics.replays.inc();
@@ -264,12 +340,10 @@ async fn ingest(sh: Arc<Shared>, mut sub: Subscriber) {
             if !filled && missed.start > 0 {
                 sh.metrics.replay_failures.inc();
                 tracing::warn!(%worker, ?missed, "missed KV events; clearing the worker's entries to rebuild them");
-                if let Ok(mut i) = sh.index.write() {
-                    i.clear_worker(&worker);
-                }
+                sh.index.clear_worker(&worker).await;
             }
         }
-        apply_batch(&sh, &worker, &model, &r.batch);
+        apply_batch(&sh, &worker, &model, &r.batch).await;
         if let Ok(mut s) = sh.streams.lock() {
             s.insert(
                 worker,
@@ -285,7 +359,7 @@ async fn ingest(sh: Arc<Shared>, mut sub: Subscriber) {
 
 /// Drops workers silent past the TTL, and those the config no longer lists (when it lists
 /// any).
-fn sweep(sh: &Shared) {
+async fn sweep(sh: &Shared) {
     let ttl = sh.cfg.worker_ttl;
     let listed: Option<Vec<String>> = sh.file.lock().ok().and_then(|f| {
         (!f.workers.is_empty()).then(|| f.workers.iter().map(|w| w.id.clone()).collect())
@@ -301,16 +375,14 @@ fn sweep(sh: &Shared) {
             keep
         });
     }
-    if let Ok(mut index) = sh.index.write() {
-        for id in &gone {
-            tracing::info!(worker = %id, "dropping worker from the index");
-            index.remove_worker(id);
-        }
-        if let Some(l) = &listed {
-            for (id, _, _) in index.workers() {
-                if !l.contains(&id) {
-                    index.remove_worker(&id);
-                }
+    for id in &gone {
+        tracing::info!(worker = %id, "dropping worker from the index");
+        sh.index.remove_worker(id).await;
+    }
+    if let Some(l) = &listed {
+        for (id, _, _) in sh.index.workers().await {
+            if !l.contains(&id) {
+                sh.index.remove_worker(&id).await;
             }
         }
     }
@@ -335,7 +407,7 @@ fn bad(msg: impl Into<String>, param: Option<&str>) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&e), StatusCode::BAD_REQUEST).into_response()
 }
 
-fn score(sh: &Shared, body: &[u8]) -> warp::reply::Response {
+async fn score(sh: &Shared, body: &[u8]) -> warp::reply::Response {
     let req: ScoreRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return bad(format!("invalid score request: {e}"), None),
@@ -349,29 +421,59 @@ fn score(sh: &Shared, body: &[u8]) -> warp::reply::Response {
     if req.block_size == Some(0) {
         return bad("block_size must be at least 1", Some("block_size"));
     }
-    let Ok(index) = sh.index.read() else {
-        return ErrorResponse::internal("index unavailable").status_reply();
-    };
     let t = Instant::now();
     let only = req.workers.as_deref();
-    let scored = match (&req.token_ids, &req.block_hashes) {
-        (Some(t), _) => index.score_tokens(&req.model, t, req.block_size, only),
-        (_, Some(h)) => {
-            let bs = req
-                .block_size
-                .or_else(|| index.block_size(&req.model))
-                .unwrap_or(llmd_protocol::DEFAULT_BLOCK_SIZE);
-            index.score_keys(&req.model, h, bs, only)
+    let scored = match &sh.index {
+        Store::Memory(index) => {
+            let Ok(index) = index.read() else {
+                return ErrorResponse::internal("index unavailable").status_reply();
+            };
+            match (&req.token_ids, &req.block_hashes) {
+                (Some(t), _) => index.score_tokens(&req.model, t, req.block_size, only),
+                (_, Some(h)) => {
+                    let bs = req
+                        .block_size
+                        .or_else(|| index.block_size(&req.model))
+                        .unwrap_or(llmd_protocol::DEFAULT_BLOCK_SIZE);
+                    index.score_keys(&req.model, h, bs, only)
+                }
+                _ => {
+                    return bad(
+                        "give exactly one of token_ids and block_hashes",
+                        Some("token_ids"),
+                    )
+                }
+            }
         }
-        _ => {
-            return bad(
-                "give exactly one of token_ids and block_hashes",
-                Some("token_ids"),
-            )
+        Store::Redis(r) => {
+            let bs = match req.block_size {
+                Some(b) => b,
+                None => r
+                    .block_size(&req.model)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(llmd_protocol::DEFAULT_BLOCK_SIZE),
+            };
+            let keys = match (&req.token_ids, &req.block_hashes) {
+                (Some(t), _) => {
+                    llmd_protocol::block_hashes(llmd_protocol::root_hash(&req.model, None), t, bs)
+                }
+                (_, Some(h)) => h.clone(),
+                _ => {
+                    return bad(
+                        "give exactly one of token_ids and block_hashes",
+                        Some("token_ids"),
+                    )
+                }
+            };
+            match r.score_keys(&req.model, &keys, bs, only).await {
+                Ok(s) => s,
+                Err(e) => return ErrorResponse::internal(e.to_string()).status_reply(),
+            }
         }
     };
     sh.metrics.score_latency.observe(t.elapsed().as_secs_f64());
-    drop(index);
     warp::reply::json(&serde_json::json!({
         "model": req.model,
         "block_size": scored.block_size,
@@ -392,9 +494,9 @@ impl StatusReply for ErrorResponse {
     }
 }
 
-fn workers(sh: &Shared) -> warp::reply::Response {
+async fn workers(sh: &Shared) -> warp::reply::Response {
     let streams = sh.streams.lock().map(|s| s.clone()).unwrap_or_default();
-    let index_workers = sh.index.read().map(|i| i.workers()).unwrap_or_default();
+    let index_workers = sh.index.workers().await;
     let list: Vec<serde_json::Value> = index_workers
         .into_iter()
         .map(|(id, model, blocks)| {
@@ -411,13 +513,14 @@ fn workers(sh: &Shared) -> warp::reply::Response {
     warp::reply::json(&serde_json::json!({ "workers": list })).into_response()
 }
 
-fn metrics_text(sh: &Shared) -> String {
-    if let Ok(i) = sh.index.read() {
-        sh.metrics.blocks.set(i.len() as i64);
-        sh.metrics.workers.set(i.workers().len() as i64);
-        sh.metrics.evicted.set(i.stats().evicted as i64);
-        sh.metrics.orphaned.set(i.stats().orphaned as i64);
-    }
+async fn metrics_text(sh: &Shared) -> String {
+    let (blocks, evicted, orphaned) = sh.index.summary().await;
+    sh.metrics.blocks.set(blocks as i64);
+    sh.metrics
+        .workers
+        .set(sh.index.workers().await.len() as i64);
+    sh.metrics.evicted.set(evicted as i64);
+    sh.metrics.orphaned.set(orphaned as i64);
     let mut out = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&sh.metrics.registry.gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()
@@ -428,14 +531,29 @@ pub async fn start(
     cfg: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningCacheManager, ServiceError> {
-    let index = Index::new(cfg.max_blocks);
-    start_with_index(cfg, index, shutdown).await
+    let store = match &cfg.index_url {
+        Some(url) => Store::Redis(
+            crate::redis_index::RedisIndex::connect(url, cfg.max_blocks)
+                .await
+                .map_err(|e| ServiceError::Config(format!("index {url}: {e}")))?,
+        ),
+        None => Store::Memory(RwLock::new(Index::new(cfg.max_blocks))),
+    };
+    start_with_store(cfg, store, shutdown).await
 }
 
 /// [`start`] over an index built elsewhere (benchmarks load a million blocks directly).
 pub async fn start_with_index(
     cfg: ServiceConfig,
     index: Index,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunningCacheManager, ServiceError> {
+    start_with_store(cfg, Store::Memory(RwLock::new(index)), shutdown).await
+}
+
+async fn start_with_store(
+    cfg: ServiceConfig,
+    store: Store,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningCacheManager, ServiceError> {
     let file = match &cfg.config_file {
@@ -463,7 +581,7 @@ pub async fn start_with_index(
         source,
     })?;
     let sh = Arc::new(Shared {
-        index: RwLock::new(index),
+        index: store,
         streams: Mutex::new(HashMap::new()),
         file: Mutex::new(file),
         metrics: Metrics::new()?,
@@ -503,7 +621,7 @@ pub async fn start_with_index(
                         }
                     }
                 }
-                sweep(&sh);
+                sweep(&sh).await;
             }
         })
     };
@@ -516,25 +634,26 @@ pub async fn start_with_index(
         .and(with.clone())
         .and(warp::body::content_length_limit(16 << 20))
         .and(warp::body::bytes())
-        .map(|sh: Arc<Shared>, b: bytes::Bytes| score(&sh, &b));
+        .then(|sh: Arc<Shared>, b: bytes::Bytes| async move { score(&sh, &b).await });
     let workers_route = warp::path!("v1" / "workers")
         .and(warp::get())
         .and(with.clone())
-        .map(|sh: Arc<Shared>| workers(&sh));
+        .then(|sh: Arc<Shared>| async move { workers(&sh).await });
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| StatusCode::OK.into_response());
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with)
-        .map(|sh: Arc<Shared>| {
-            warp::reply::with_header(
-                metrics_text(&sh),
-                "content-type",
-                "text/plain; version=0.0.4",
-            )
-            .into_response()
-        });
+    let metrics =
+        warp::path!("metrics")
+            .and(warp::get())
+            .and(with)
+            .then(|sh: Arc<Shared>| async move {
+                warp::reply::with_header(
+                    metrics_text(&sh).await,
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )
+                .into_response()
+            });
     let routes = score_route
         .or(workers_route)
         .unify()

@@ -119,16 +119,21 @@ impl KvSource for Source {
             .lock()
             .ok()
             .and_then(|e| e.by_id.get(request_id).map(|x| x.0));
+        let request_id = request_id.to_string();
         Box::pin(async move {
             let Some(engine_id) = found else {
                 return Err("no such transfer (released, expired or never exported)".to_string());
             };
-            let ex = self
-                .engine
-                .export(engine_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(blob(ex))
+            match self.engine.export(engine_id).await {
+                Ok(ex) => Ok(blob(ex)),
+                Err(e) => {
+                    // The engine no longer holds it (expired): nothing left to track.
+                    if let Ok(mut x) = self.exports.lock() {
+                        x.by_id.remove(&request_id);
+                    }
+                    Err(e.to_string())
+                }
+            }
         })
     }
 
@@ -237,6 +242,9 @@ impl PdState {
     pub fn register_export(&self, s: &State, engine_id: u64, p: &PinnedInfo) -> Value {
         let request_id = format!("{}-{engine_id}", s.worker_id);
         if let Ok(mut e) = self.exports.lock() {
+            // Exports never pulled were unpinned by the engine's timeout; forget them too.
+            let keep = s.cfg.kv_transfer_timeout * 2;
+            e.by_id.retain(|_, (_, since)| since.elapsed() < keep);
             e.by_id
                 .insert(request_id.clone(), (engine_id, Instant::now()));
         }

@@ -16,6 +16,10 @@ pub struct CacheManagerArgs {
     /// Bind the KV event SUB socket here (workers connect to it), e.g. tcp://0.0.0.0:5557
     #[arg(long)]
     pub events_bind: Option<String>,
+    /// Where the index lives: `memory`, or `redis://HOST:PORT[/DB]` (Redis or Valkey) to
+    /// share one index between several cache-manager units
+    #[arg(long, default_value = "memory")]
+    pub index: String,
     /// Most blocks the index holds; the least recently stored go first
     #[arg(long, default_value_t = 1 << 22)]
     pub max_blocks: usize,
@@ -40,7 +44,13 @@ pub fn run(a: CacheManagerArgs) -> anyhow::Result<()> {
             "--events-bind must be tcp://HOST:PORT, not {ep:?}"
         );
     }
+    let index_url = match a.index.as_str() {
+        "memory" => None,
+        u if u.starts_with("redis://") || u.starts_with("rediss://") => Some(u.to_string()),
+        other => anyhow::bail!("--index must be memory or redis://HOST:PORT, not {other:?}"),
+    };
     let mut cfg = llmd_cache_manager::service::ServiceConfig::new(a.host, a.port);
+    cfg.index_url = index_url;
     cfg.events_bind = a.events_bind;
     cfg.max_blocks = a.max_blocks;
     cfg.worker_ttl = Duration::from_secs_f64(a.worker_ttl);
