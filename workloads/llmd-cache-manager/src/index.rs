@@ -107,6 +107,36 @@ pub struct Scored {
     pub workers: Vec<WorkerScore>,
 }
 
+impl Scored {
+    /// From `(worker, leading blocks held, their summed tier weights)`: the scores, sorted.
+    /// Shared by every index backend, so they rank workers the same way.
+    pub fn new(block_size: usize, total_blocks: usize, runs: Vec<(String, usize, f64)>) -> Self {
+        let mut workers: Vec<WorkerScore> = runs
+            .into_iter()
+            .map(|(worker, blocks, weighted)| WorkerScore {
+                worker,
+                blocks,
+                score: if total_blocks == 0 {
+                    0.0
+                } else {
+                    weighted / total_blocks as f64
+                },
+            })
+            .collect();
+        workers.sort_by(|a, b| {
+            b.blocks
+                .cmp(&a.blocks)
+                .then(b.score.total_cmp(&a.score))
+                .then(a.worker.cmp(&b.worker))
+        });
+        Self {
+            block_size,
+            total_blocks,
+            workers,
+        }
+    }
+}
+
 pub struct Index {
     max_blocks: usize,
     keys: IdMap<Entry>,
@@ -420,7 +450,7 @@ impl Index {
         }
         done.extend(run);
         let total = keys.len();
-        let mut out: Vec<WorkerScore> = self
+        let out: Vec<(String, usize, f64)> = self
             .workers
             .iter()
             .enumerate()
@@ -430,28 +460,10 @@ impl Index {
                     .iter()
                     .find(|d| d.0 as usize == i)
                     .map_or((0, 0.0), |d| (d.1, d.2));
-                Some(WorkerScore {
-                    worker: w.name.clone(),
-                    blocks,
-                    score: if total == 0 {
-                        0.0
-                    } else {
-                        weighted / total as f64
-                    },
-                })
+                Some((w.name.clone(), blocks, weighted))
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.blocks
-                .cmp(&a.blocks)
-                .then(b.score.total_cmp(&a.score))
-                .then(a.worker.cmp(&b.worker))
-        });
-        Scored {
-            block_size,
-            total_blocks: total,
-            workers: out,
-        }
+        Scored::new(block_size, total, out)
     }
 }
 

@@ -15,7 +15,7 @@ use llmd_protocol::{block_hash, root_hash, BlockHash, KvEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-use crate::index::{Medium, Scored, WorkerScore};
+use crate::index::{Medium, Scored};
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
@@ -247,7 +247,7 @@ impl RedisIndex {
             }
         };
         let total = keys.len();
-        let mut out: Vec<WorkerScore> = names
+        let out: Vec<(String, usize, f64)> = names
             .into_iter()
             .map(|w| {
                 let (mut blocks, mut weighted) = (0usize, 0.0f64);
@@ -260,27 +260,9 @@ impl RedisIndex {
                         None => break,
                     }
                 }
-                WorkerScore {
-                    worker: w,
-                    blocks,
-                    score: if total == 0 {
-                        0.0
-                    } else {
-                        weighted / total as f64
-                    },
-                }
+                (w, blocks, weighted)
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.blocks
-                .cmp(&a.blocks)
-                .then(b.score.total_cmp(&a.score))
-                .then(a.worker.cmp(&b.worker))
-        });
-        Ok(Scored {
-            block_size,
-            total_blocks: total,
-            workers: out,
-        })
+        Ok(Scored::new(block_size, total, out))
     }
 }

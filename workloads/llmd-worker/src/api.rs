@@ -137,6 +137,25 @@ struct Prepared {
     kv_params: Option<Value>,
 }
 
+impl Prepared {
+    fn new(
+        chat: bool,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        (stream, include_usage): (bool, bool),
+        kv_params: Option<Value>,
+    ) -> Self {
+        Self {
+            chat,
+            prompt,
+            params,
+            stream,
+            include_usage,
+            kv_params,
+        }
+    }
+}
+
 async fn chat(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError> {
     let req: openai::ChatCompletionRequest = parse(&body)?;
     check_model(&s, req.model.as_deref())?;
@@ -162,15 +181,13 @@ async fn chat(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError>
         .tokenizer
         .encode(&text, false)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-    let prepared = Prepared {
-        chat: true,
-        params: sampling(&s, &settings, prompt.len())?,
-        prompt,
-        stream: req.stream.unwrap_or(false),
-        include_usage: req.include_usage(),
-        kv_params: req.kv_transfer_params.clone(),
-    };
-    generate(s, prepared).await
+    let params = sampling(&s, &settings, prompt.len())?;
+    let stream = (req.stream.unwrap_or(false), req.include_usage());
+    generate(
+        s,
+        Prepared::new(true, prompt, params, stream, req.kv_transfer_params),
+    )
+    .await
 }
 
 async fn completions(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError> {
@@ -194,15 +211,13 @@ async fn completions(s: Shared, body: Bytes) -> Result<warp::reply::Response, Ap
             ids
         }
     };
-    let prepared = Prepared {
-        chat: false,
-        params: sampling(&s, &settings, prompt.len())?,
-        prompt,
-        stream: req.stream.unwrap_or(false),
-        include_usage: req.include_usage(),
-        kv_params: req.kv_transfer_params.clone(),
-    };
-    generate(s, prepared).await
+    let params = sampling(&s, &settings, prompt.len())?;
+    let stream = (req.stream.unwrap_or(false), req.include_usage());
+    generate(
+        s,
+        Prepared::new(false, prompt, params, stream, req.kv_transfer_params),
+    )
+    .await
 }
 
 /// Engine sampling parameters from the request's, defaulting `max_tokens` to the rest of

@@ -60,14 +60,7 @@ pub fn run(a: CacheManagerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-        };
+        let shutdown = crate::shutdown_signal();
         let cm = llmd_cache_manager::service::start(cfg, shutdown).await?;
         eprintln!("llmd cache-manager: http://{}", cm.http_addr);
         if let Some(ep) = &cm.events_endpoint {

@@ -131,6 +131,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Completes on Ctrl-C or SIGTERM (what systemd sends on stop): servers shut down
+/// gracefully then.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+    tracing::info!("shutting down");
+}
+
 /// The error and its causes on one line, skipping causes whose text the outer message
 /// already includes (our library errors print their source themselves).
 fn one_line(e: &anyhow::Error) -> String {

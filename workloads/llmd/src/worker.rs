@@ -216,15 +216,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-            tracing::info!("shutting down");
-        };
+        let shutdown = crate::shutdown_signal();
         let w = llmd_worker::start(engine.handle(), wc, events_rx, shutdown).await?;
         // Log lines a supervisor (and the tests) can read to find the ports.
         eprintln!("llmd worker: http://{}", w.http_addr);
