@@ -398,8 +398,14 @@ impl Index {
         let bs = block_size
             .or_else(|| self.block_size(model))
             .unwrap_or(llmd_protocol::DEFAULT_BLOCK_SIZE);
-        let keys = llmd_protocol::block_hashes(root_hash(model, None), token_ids, bs);
-        self.score_keys(model, &keys, bs, only)
+        // Keys are hashed as the walk needs them: it stops at the first block nobody holds,
+        // and the table lookups overlap with the (latency-bound) hashing of the next block.
+        let mut parent = root_hash(model, None);
+        let keys = token_ids.chunks_exact(bs).map(|chunk| {
+            parent = block_hash(parent, chunk);
+            parent
+        });
+        self.score_iter(model, keys, token_ids.len() / bs, bs, only)
     }
 
     /// Scores a prompt given as its block keys (chained `llmd-protocol` hashes).
@@ -410,10 +416,21 @@ impl Index {
         block_size: usize,
         only: Option<&[String]>,
     ) -> Scored {
+        self.score_iter(model, keys.iter().copied(), keys.len(), block_size, only)
+    }
+
+    fn score_iter(
+        &self,
+        model: &str,
+        mut keys: impl Iterator<Item = BlockHash>,
+        total: usize,
+        block_size: usize,
+        only: Option<&[String]>,
+    ) -> Scored {
         let wanted = |w: &Worker| w.model == model && only.is_none_or(|o| o.contains(&w.name));
         // (worker, blocks, weighted), extended while every earlier block was held.
         let mut run: Vec<(u32, usize, f64)> = Vec::new();
-        if let Some(first) = keys.first().and_then(|k| self.keys.get(k)) {
+        if let Some(first) = keys.next().and_then(|k| self.keys.get(&k)) {
             for h in &first.holders {
                 if matches!(self.workers.get(h.worker as usize), Some(Some(w)) if wanted(w)) {
                     run.push((h.worker, 1, h.medium.weight()));
@@ -425,11 +442,11 @@ impl Index {
         // Marking holders then filtering the run is linear per block (a nested search was
         // quadratic in the number of holders, which is the worker count for hot prefixes).
         let mut seen: Vec<(usize, f64)> = vec![(usize::MAX, 0.0); self.workers.len()];
-        for (i, key) in keys.iter().enumerate().skip(1) {
+        for (i, key) in keys.enumerate().map(|(i, k)| (i + 1, k)) {
             if run.is_empty() {
                 break;
             }
-            if let Some(e) = self.keys.get(key) {
+            if let Some(e) = self.keys.get(&key) {
                 for h in &e.holders {
                     if let Some(slot) = seen.get_mut(h.worker as usize) {
                         *slot = (i, h.medium.weight());
@@ -449,7 +466,6 @@ impl Index {
             }
         }
         done.extend(run);
-        let total = keys.len();
         let out: Vec<(String, usize, f64)> = self
             .workers
             .iter()
