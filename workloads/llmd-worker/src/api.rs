@@ -160,6 +160,10 @@ async fn chat(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError>
     let req: openai::ChatCompletionRequest = parse(&body)?;
     check_model(&s, req.model.as_deref())?;
     let settings = req.validate().map_err(ApiError::from)?;
+    // The engine applies no logprobs, penalties or min_p yet: refuse them by name.
+    settings
+        .check_supported(openai::Capabilities::default())
+        .map_err(ApiError::from)?;
     let messages: Vec<llmd_tokenizer::ChatMessage> = req
         .messages
         .iter()
@@ -194,6 +198,10 @@ async fn completions(s: Shared, body: Bytes) -> Result<warp::reply::Response, Ap
     let req: openai::CompletionRequest = parse(&body)?;
     check_model(&s, req.model.as_deref())?;
     let settings = req.validate().map_err(ApiError::from)?;
+    // The engine applies no logprobs, penalties or min_p yet: refuse them by name.
+    settings
+        .check_supported(openai::Capabilities::default())
+        .map_err(ApiError::from)?;
     let prompt = match req.prompt_input().map_err(ApiError::from)? {
         openai::PromptInput::Text(t) => s
             .engine
