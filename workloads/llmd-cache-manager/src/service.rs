@@ -23,6 +23,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
@@ -407,7 +408,7 @@ fn bad(msg: impl Into<String>, param: Option<&str>) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&e), StatusCode::BAD_REQUEST).into_response()
 }
 
-async fn score(sh: &Shared, body: &[u8]) -> warp::reply::Response {
+async fn score(sh: &Shared, body: &[u8], span: &tracing::Span) -> warp::reply::Response {
     let req: ScoreRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return bad(format!("invalid score request: {e}"), None),
@@ -474,6 +475,10 @@ async fn score(sh: &Shared, body: &[u8]) -> warp::reply::Response {
         }
     };
     sh.metrics.score_latency.observe(t.elapsed().as_secs_f64());
+    span.record("gen_ai.request.model", req.model.as_str());
+    // i64: tracing-opentelemetry exports u64 fields as strings.
+    span.record("llmd.total_blocks", scored.total_blocks as i64);
+    span.record("llmd.workers", scored.workers.len() as i64);
     warp::reply::json(&serde_json::json!({
         "model": req.model,
         "block_size": scored.block_size,
@@ -632,9 +637,29 @@ async fn start_with_store(
     let score_route = warp::path!("v1" / "score")
         .and(warp::post())
         .and(with.clone())
+        .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(16 << 20))
         .and(warp::body::bytes())
-        .then(|sh: Arc<Shared>, b: bytes::Bytes| async move { score(&sh, &b).await });
+        .then(
+            |sh: Arc<Shared>, h: warp::http::HeaderMap, b: bytes::Bytes| async move {
+                // In the caller's (the scheduler's) trace when it sends a traceparent.
+                let span = tracing::info_span!(
+                    "llmd.cache_manager.score",
+                    otel.kind = "server",
+                    gen_ai.request.model = tracing::field::Empty,
+                    llmd.total_blocks = tracing::field::Empty,
+                    llmd.workers = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                );
+                llmd_telemetry::set_parent(&span, llmd_telemetry::extract_context(&h));
+                let res = score(&sh, &b, &span).instrument(span.clone()).await;
+                span.record(
+                    "http.response.status_code",
+                    i64::from(res.status().as_u16()),
+                );
+                res
+            },
+        );
     let workers_route = warp::path!("v1" / "workers")
         .and(warp::get())
         .and(with.clone())

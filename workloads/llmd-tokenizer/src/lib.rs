@@ -4,6 +4,7 @@
 //! The engine builds a [`Tokenizer`] from the model; the scheduler gets the same tokenizer
 //! through [`Tokenizer::to_json`] / [`Tokenizer::from_json`] so that both tokenize identically.
 
+mod cache;
 mod chat;
 mod error;
 mod gguf;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::CachedEncoder;
 pub use chat::ChatMessage;
 pub use error::TokenizerError;
 pub use gguf::GgufVocab;

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use llmd_tokenizer::Tokenizer;
+use llmd_tokenizer::{CachedEncoder, Tokenizer};
 
 /// (text, ids without BOS, ids with BOS as the model adds it)
 type Case = (String, Vec<u32>, Vec<u32>);
@@ -73,6 +73,46 @@ fn tokenizes_like_llama_cpp() {
                     &t.decode(ids, false).unwrap(),
                     text,
                     "{name}: round trip {text:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The piece cache gives exactly what a plain encode gives, added tokens inside the text
+/// included, on every fixture tokenizer, before and after eviction.
+#[test]
+fn cached_encoding_equals_plain_encoding() {
+    let refs: Refs = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("llama_cpp_refs.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, cases) in &refs.refs {
+        let vocab = support::gguf_vocab(&fixtures().join(format!("{name}.gguf"))).unwrap();
+        let t = Tokenizer::from_gguf(vocab).unwrap();
+        // A small budget, so that generations turn over during the test.
+        let c = CachedEncoder::new(t.clone(), 200);
+        let specials: Vec<String> = [t.bos_token_id(), t.eos_token_ids().first().copied()]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| t.id_to_token(id))
+            .collect();
+        let mut texts: Vec<String> = cases.iter().map(|(text, _, _)| text.clone()).collect();
+        for (i, (a, _, _)) in cases.iter().enumerate() {
+            let b = &cases[(i + 1) % cases.len()].0;
+            for s in &specials {
+                texts.push(format!("{a}{s}{b}{s}"));
+                texts.push(format!(
+                    "{s}{a} and a longer tail to pass the cache threshold {b}"
+                ));
+            }
+        }
+        for round in 0..3 {
+            for text in &texts {
+                assert_eq!(
+                    c.encode(text).unwrap(),
+                    t.encode(text, false).unwrap(),
+                    "{name} round {round}: {text:?}"
                 );
             }
         }

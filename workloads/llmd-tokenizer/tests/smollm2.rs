@@ -9,7 +9,7 @@
 
 mod support;
 
-use llmd_tokenizer::{ChatMessage, Tokenizer};
+use llmd_tokenizer::{CachedEncoder, ChatMessage, Tokenizer};
 
 fn load() -> Option<Tokenizer> {
     let path = support::test_model()?;
@@ -173,4 +173,32 @@ fn json_round_trip() {
     assert_eq!(u.apply_chat_template(&msgs, true).unwrap(), SKY_PROMPT);
     assert_eq!(u.eos_token_ids(), t.eos_token_ids());
     assert_eq!(u.vocab_size(), 49152);
+}
+
+/// Chats rendered with the model's template encode the same through the piece cache, turn
+/// after turn (the system prompt and history hit the cache).
+#[test]
+fn cached_chat_encoding_equals_plain() {
+    let Some(t) = load() else { return };
+    let c = CachedEncoder::new(t.clone(), 10_000);
+    let mut msgs = vec![ChatMessage::new(
+        "system",
+        "You are a careful assistant for a city library; answer briefly and never invent a policy.",
+    )];
+    for turn in 0..6 {
+        msgs.push(ChatMessage::new(
+            "user",
+            format!("Question {turn}: when do you open? naïve 東京 🚀"),
+        ));
+        let text = t.apply_chat_template(&msgs, true).unwrap();
+        assert_eq!(
+            c.encode(&text).unwrap(),
+            t.encode(&text, false).unwrap(),
+            "turn {turn}"
+        );
+        msgs.push(ChatMessage::new(
+            "assistant",
+            format!("Answer {turn}: at nine, <|im_end|> not a real end."),
+        ));
+    }
 }

@@ -10,12 +10,14 @@ use bytes::Bytes;
 use futures_util::stream;
 use llmd_engine::engine::FinishReason;
 use llmd_engine::sampling::SamplingParams;
+use llmd_engine::scheduler::Usage;
 use llmd_engine::serving::{RequestStream, StreamItem, SubmitOptions};
 use llmd_engine::EngineError;
 use llmd_protocol::openai::{self, ErrorResponse};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use warp::http::StatusCode;
+use tracing::Instrument;
+use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::error::ApiError;
@@ -36,13 +38,15 @@ pub fn routes(
     let chat = warp::path!("v1" / "chat" / "completions")
         .and(warp::post())
         .and(with.clone())
+        .and(warp::header::headers_cloned())
         .and(body)
-        .and_then(|s: Shared, b| async move { reply(chat(s, b).await) });
+        .and_then(|s: Shared, h: HeaderMap, b| async move { reply(traced(s, &h, b, true).await) });
     let completions = warp::path!("v1" / "completions")
         .and(warp::post())
         .and(with.clone())
+        .and(warp::header::headers_cloned())
         .and(body)
-        .and_then(|s: Shared, b| async move { reply(completions(s, b).await) });
+        .and_then(|s: Shared, h: HeaderMap, b| async move { reply(traced(s, &h, b, false).await) });
     let models = warp::path!("v1" / "models")
         .and(warp::get())
         .and(with.clone())
@@ -156,7 +160,35 @@ impl Prepared {
     }
 }
 
-async fn chat(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError> {
+/// Runs a chat or completions request inside its `llmd.worker.request` span (which a
+/// streamed answer keeps open until the stream ends or the client goes away).
+async fn traced(
+    s: Shared,
+    headers: &HeaderMap,
+    body: Bytes,
+    is_chat: bool,
+) -> Result<warp::reply::Response, ApiError> {
+    let span = crate::trace::request_span(&s, headers, is_chat);
+    let r = async {
+        if is_chat {
+            chat(s, body, &span).await
+        } else {
+            completions(s, body, &span).await
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(e) = &r {
+        crate::trace::record_error(&span, &e.body.error.message);
+    }
+    r
+}
+
+async fn chat(
+    s: Shared,
+    body: Bytes,
+    span: &tracing::Span,
+) -> Result<warp::reply::Response, ApiError> {
     let req: openai::ChatCompletionRequest = parse(&body)?;
     check_model(&s, req.model.as_deref())?;
     let settings = req.validate().map_err(ApiError::from)?;
@@ -190,11 +222,16 @@ async fn chat(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError>
     generate(
         s,
         Prepared::new(true, prompt, params, stream, req.kv_transfer_params),
+        span,
     )
     .await
 }
 
-async fn completions(s: Shared, body: Bytes) -> Result<warp::reply::Response, ApiError> {
+async fn completions(
+    s: Shared,
+    body: Bytes,
+    span: &tracing::Span,
+) -> Result<warp::reply::Response, ApiError> {
     let req: openai::CompletionRequest = parse(&body)?;
     check_model(&s, req.model.as_deref())?;
     let settings = req.validate().map_err(ApiError::from)?;
@@ -224,6 +261,7 @@ async fn completions(s: Shared, body: Bytes) -> Result<warp::reply::Response, Ap
     generate(
         s,
         Prepared::new(false, prompt, params, stream, req.kv_transfer_params),
+        span,
     )
     .await
 }
@@ -260,7 +298,11 @@ fn sampling(
 }
 
 /// Submits the request (after the P/D pull, if any) and answers whole or as a stream.
-async fn generate(s: Shared, mut p: Prepared) -> Result<warp::reply::Response, ApiError> {
+async fn generate(
+    s: Shared,
+    mut p: Prepared,
+    span: &tracing::Span,
+) -> Result<warp::reply::Response, ApiError> {
     let stats = s.engine.stats();
     if stats.waiting >= s.cfg.max_waiting {
         let mut e = ApiError::from(ErrorResponse::overloaded(format!(
@@ -271,6 +313,9 @@ async fn generate(s: Shared, mut p: Prepared) -> Result<warp::reply::Response, A
         return Err(e);
     }
     let leg = crate::pd::leg(&s, p.kv_params.as_ref());
+    span.record("llmd.leg", leg.name());
+    let id = response_id(p.chat);
+    span.record("gen_ai.request.id", id.as_str());
     let mut opts = SubmitOptions::default();
     match &leg {
         PdLeg::Prefill => {
@@ -284,15 +329,21 @@ async fn generate(s: Shared, mut p: Prepared) -> Result<warp::reply::Response, A
         }
         PdLeg::None => {}
     }
+    let prefill_leg = matches!(leg, PdLeg::Prefill);
+    let trace = crate::trace::RequestTrace::submitted(span, !prefill_leg);
     let stream = s
         .engine
         .submit_with(p.prompt, p.params, opts)
         .map_err(engine_error)?;
-    let id = response_id(p.chat);
+    let guard = AbortGuard {
+        s: s.clone(),
+        armed: true,
+        trace,
+    };
     if p.stream {
-        Ok(sse(s, stream, id, p.chat, p.include_usage))
+        Ok(sse(s, stream, id, p.chat, p.include_usage, guard))
     } else {
-        whole(s, stream, id, p.chat, matches!(leg, PdLeg::Prefill)).await
+        whole(s, stream, id, p.chat, prefill_leg, guard).await
     }
 }
 
@@ -324,16 +375,32 @@ fn finished_metric(r: FinishReason) -> Finished {
     }
 }
 
-/// Records a request that ended without a `Finished` item (client gone, engine error).
+/// Records a request that ended without a `Finished` item (client gone, engine error); holds
+/// the request span open until then.
 struct AbortGuard {
     s: Shared,
     armed: bool,
+    trace: crate::trace::RequestTrace,
+}
+
+impl AbortGuard {
+    /// The request finished: count it and trace it.
+    fn finished(&mut self, stream: &RequestStream, reason: FinishReason, usage: &Usage) {
+        self.armed = false;
+        self.s.metrics.request_finished(finished_metric(reason));
+        let timings = stream.timings();
+        if let Some(tm) = &timings {
+            self.s.metrics.observe_request(tm);
+        }
+        self.trace.finished(finish_str(reason), usage, timings);
+    }
 }
 
 impl Drop for AbortGuard {
     fn drop(&mut self) {
         if self.armed {
             self.s.metrics.request_finished(Finished::Abort);
+            self.trace.aborted();
         }
     }
 }
@@ -344,11 +411,8 @@ async fn whole(
     id: String,
     chat: bool,
     prefill_leg: bool,
+    mut guard: AbortGuard,
 ) -> Result<warp::reply::Response, ApiError> {
-    let mut guard = AbortGuard {
-        s: s.clone(),
-        armed: true,
-    };
     let mut text = String::new();
     let mut last = None::<Instant>;
     while let Some(item) = stream.next().await {
@@ -368,11 +432,7 @@ async fn whole(
                 pinned,
             } => {
                 text.push_str(&t);
-                guard.armed = false;
-                s.metrics.request_finished(finished_metric(reason));
-                if let Some(tm) = stream.timings() {
-                    s.metrics.observe_request(&tm);
-                }
+                guard.finished(&stream, reason, &usage);
                 let usage = openai::Usage::new(
                     usage.prompt_tokens,
                     usage.completion_tokens,
@@ -440,12 +500,10 @@ fn sse(
     id: String,
     chat: bool,
     include_usage: bool,
+    guard: AbortGuard,
 ) -> warp::reply::Response {
     let st = Sse {
-        guard: AbortGuard {
-            s: s.clone(),
-            armed: true,
-        },
+        guard,
         model: s.model_name().to_string(),
         s,
         stream,
@@ -525,11 +583,7 @@ impl Sse {
                 text,
                 ..
             })) => {
-                self.guard.armed = false;
-                self.s.metrics.request_finished(finished_metric(reason));
-                if let Some(tm) = self.stream.timings() {
-                    self.s.metrics.observe_request(&tm);
-                }
+                self.guard.finished(&self.stream, reason, &usage);
                 let c = self.chunk(
                     (!text.is_empty()).then_some(text.as_str()),
                     false,

@@ -7,6 +7,7 @@ mod api;
 mod error;
 pub mod metrics;
 mod pd;
+mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -21,6 +21,7 @@ use std::time::Instant;
 use llmd_engine::serving::{EngineHandle, KvExport, PinnedInfo};
 use llmd_kvx::{KvBlob, KvExpect, KvLayoutHeader, KvSource, Outcome};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::metrics::{KvSide, Metrics};
 use crate::{State, WorkerConfig, WorkerError};
@@ -39,6 +40,17 @@ pub enum PdLeg {
     None,
     Prefill,
     Decode(Remote),
+}
+
+impl PdLeg {
+    /// The span attribute: which leg this worker runs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PdLeg::None => "whole",
+            PdLeg::Prefill => "prefill",
+            PdLeg::Decode(_) => "decode",
+        }
+    }
 }
 
 fn flag(v: &Value, key: &str) -> bool {
@@ -279,8 +291,27 @@ pub async fn pull(s: &State, r: &Remote) -> Option<KvExport> {
     };
     let t0 = Instant::now();
     let addr = format!("{}:{}", r.host, r.port);
-    match llmd_kvx::pull(&addr, &r.request_id, &expect, s.cfg.kv_transfer_timeout).await {
+    // A child of the request span (the caller's current span).
+    let span = tracing::info_span!(
+        "kv_pull",
+        llmd.kv.remote = %addr,
+        llmd.kv.request_id = %r.request_id,
+        llmd.kv.bytes = tracing::field::Empty,
+        llmd.kv.tokens = tracing::field::Empty,
+        llmd.kv.outcome = tracing::field::Empty,
+        llmd.kv.fallback = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let pulled = llmd_kvx::pull(&addr, &r.request_id, &expect, s.cfg.kv_transfer_timeout)
+        .instrument(span.clone())
+        .await;
+    match pulled {
         Ok(b) => {
+            // i64: tracing-opentelemetry exports u64 fields as strings.
+            span.record("llmd.kv.bytes", b.data.len() as i64);
+            span.record("llmd.kv.tokens", i64::from(b.header.num_tokens));
+            span.record("llmd.kv.outcome", "ok");
+            span.record("llmd.kv.fallback", false);
             s.metrics
                 .kv_transfer(KvSide::Received, b.data.len(), t0.elapsed().as_secs_f64());
             let mut layout = l;
@@ -293,6 +324,9 @@ pub async fn pull(s: &State, r: &Remote) -> Option<KvExport> {
             })
         }
         Err(e) => {
+            span.record("llmd.kv.outcome", e.reason());
+            span.record("llmd.kv.fallback", true);
+            span.record("otel.status_description", e.to_string());
             s.metrics.kv_failure(KvSide::Received, e.reason());
             s.metrics.kv_fallback();
             tracing::warn!(%addr, request_id = %r.request_id, error = %e, "KV pull failed; computing the prompt here");

@@ -14,6 +14,9 @@ pub enum BenchCommand {
     /// The cache-manager's index: block-event ingest rate, score latency in-process and
     /// over HTTP.
     CacheManager(CacheManagerBenchArgs),
+    /// What the scheduler adds per request (latency, CPU) in front of instant backends,
+    /// with precise prefix scoring on and with round-robin.
+    Scheduler(crate::bench_scheduler::SchedulerBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +168,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Engine(a) => engine(a),
         BenchCommand::Kvx(a) => kvx(a),
         BenchCommand::CacheManager(a) => cache_manager(a),
+        BenchCommand::Scheduler(a) => crate::bench_scheduler::run(a),
     }
 }
 

@@ -30,9 +30,16 @@ pub struct CacheManagerArgs {
     /// reloaded on SIGHUP or change
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Export OpenTelemetry spans over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 [default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else none]
+    #[arg(long)]
+    pub otlp_traces_endpoint: Option<String>,
 }
 
 pub fn run(a: CacheManagerArgs) -> anyhow::Result<()> {
+    // Dropped last, after the server has stopped: flushes the spans.
+    let _telemetry =
+        crate::init_telemetry("llmd-cache-manager", a.otlp_traces_endpoint.as_deref())?;
     anyhow::ensure!(
         a.worker_ttl.is_finite() && a.worker_ttl > 0.0,
         "--worker-ttl must be a positive number of seconds"

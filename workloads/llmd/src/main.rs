@@ -1,11 +1,17 @@
 //! The `llmd` binary: one executable for every llmd workload and tool.
 
 mod bench;
+mod bench_scheduler;
 mod cache_manager;
 mod generate;
+mod scheduler;
+mod up;
 mod worker;
 
 use std::process::ExitCode;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -35,6 +41,12 @@ enum Command {
     /// The cluster's KV block index: KV events in, prefix scores out (what the
     /// cache-manager charm runs).
     CacheManager(cache_manager::CacheManagerArgs),
+    /// The OpenAI-compatible gateway: routes each request by cached prefix and load, runs
+    /// prefill and decode legs (what the scheduler charm runs).
+    Scheduler(Box<scheduler::SchedulerArgs>),
+    /// The whole stack on this machine: cache-manager, prefill and decode workers,
+    /// scheduler on 127.0.0.1:8000.
+    Up(up::UpArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -127,6 +139,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(args) => worker::run(*args),
         Command::CacheManager(args) => cache_manager::run(args),
+        Command::Scheduler(args) => scheduler::run(*args),
+        Command::Up(args) => up::run(args),
         Command::Bench { command } => bench::run(command),
     }
 }
@@ -148,6 +162,16 @@ pub async fn shutdown_signal() {
         _ = terminated => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Installs the process's logging (stderr, filtered by `LLMD_LOG`, default `warn`) and, when
+/// an OTLP endpoint is given (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set), span export
+/// as `service`. Call once; keep the guard until the command ends (dropping it flushes).
+pub fn init_telemetry(
+    service: &str,
+    otlp_traces_endpoint: Option<&str>,
+) -> anyhow::Result<llmd_telemetry::TelemetryGuard> {
+    Ok(llmd_telemetry::init(service, otlp_traces_endpoint)?)
 }
 
 /// The error and its causes on one line, skipping causes whose text the outer message
@@ -173,14 +197,20 @@ fn main() -> ExitCode {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    up::die_with_parent();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LLMD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The servers set logging up themselves (init_telemetry) once their config is read,
+    // since it names their OTLP endpoint; every other command logs to stderr only.
+    let _telemetry = match &cli.command {
+        Command::Worker(_) | Command::CacheManager(_) | Command::Scheduler(_) => None,
+        _ => match llmd_telemetry::init_logs_only() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

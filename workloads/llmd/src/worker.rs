@@ -56,6 +56,10 @@ pub struct WorkerArgs {
     /// Bind a replay socket here (e.g. tcp://*:5558) serving missed event batches
     #[arg(long)]
     pub kv_events_replay_endpoint: Option<String>,
+    /// Export OpenTelemetry spans over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 [default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else none]
+    #[arg(long)]
+    pub otlp_traces_endpoint: Option<String>,
     /// YAML file with any of these settings (flags take precedence)
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -82,6 +86,7 @@ struct FileConfig {
     kv_events_endpoint: Option<String>,
     kv_events_mode: Option<String>,
     kv_events_replay_endpoint: Option<String>,
+    otlp_traces_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -135,12 +140,15 @@ impl WorkerArgs {
         fill!(self.kv_events_endpoint, f.kv_events_endpoint);
         fill!(self.kv_events_mode, f.kv_events_mode);
         fill!(self.kv_events_replay_endpoint, f.kv_events_replay_endpoint);
+        fill!(self.otlp_traces_endpoint, f.otlp_traces_endpoint);
         Ok(self)
     }
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let a = args.merge_file()?;
+    // Dropped last, after the server has stopped: flushes the spans.
+    let _telemetry = crate::init_telemetry("llmd-worker", a.otlp_traces_endpoint.as_deref())?;
     let role = llmd_worker::Role::parse(a.role.as_deref().unwrap_or("both"))?;
     let host = a.host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let port = a.port.unwrap_or(8000);

@@ -5,52 +5,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
-
 use common::{
-    client, drain, enabled, metric, model_name, post, spawn_llmd, start_worker, wait_line, Worker,
+    client, enabled, eventually, metric, model_name, post, start_cache_manager, start_worker,
+    CacheManager, Worker,
 };
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct CacheManager {
-    _proc: Worker,
-    url: String,
-}
-
-fn start_cache_manager(extra: &[&str]) -> (CacheManager, String) {
-    let events = format!("tcp://127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "cache-manager",
-        "--port",
-        "0",
-        "--events-bind",
-        events.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    let (child, rx) = spawn_llmd(&args, "cache-manager");
-    let url = format!("http://{}", wait_line(&rx, "llmd cache-manager: http://"));
-    drain(rx);
-    (
-        CacheManager {
-            _proc: Worker {
-                child,
-                url: url.clone(),
-                kv_port: None,
-            },
-            url,
-        },
-        events,
-    )
-}
 
 fn tokens(w: &Worker, model: &str, prompt: &str) -> Vec<u32> {
     let (_, v) = post(
@@ -77,19 +36,6 @@ fn blocks_of(v: &Value, worker: &Worker) -> u64 {
         .iter()
         .find(|w| w["worker"] == id)
         .map_or(0, |w| w["blocks"].as_u64().unwrap())
-}
-
-/// Polls until `f` holds (events travel asynchronously), or fails with the last value.
-fn eventually(what: &str, mut f: impl FnMut() -> (bool, String)) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (ok, last) = f();
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {last}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const SHARED: &str = "You are a careful assistant for a library. Answer questions about opening hours, borrowing rules, late fees and the catalogue, politely and briefly, and never invent a policy. The library opens at nine and closes at six on weekdays.";

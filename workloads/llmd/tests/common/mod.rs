@@ -149,3 +149,79 @@ pub fn model_name(w: &Worker) -> String {
         .unwrap();
     v["data"][0]["id"].as_str().unwrap().to_string()
 }
+
+/// Stops a process as systemd does (SIGTERM) and waits for it; true when it exited
+/// successfully within `within` (a clean stop: servers flush what they hold then).
+pub fn terminate(child: &mut Child, within: Duration) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct CacheManager {
+    pub proc: Worker,
+    pub url: String,
+}
+
+pub fn start_cache_manager(extra: &[&str]) -> (CacheManager, String) {
+    let events = format!("tcp://127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "cache-manager",
+        "--port",
+        "0",
+        "--events-bind",
+        events.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let (child, rx) = spawn_llmd(&args, "cache-manager");
+    let url = format!("http://{}", wait_line(&rx, "llmd cache-manager: http://"));
+    drain(rx);
+    (
+        CacheManager {
+            proc: Worker {
+                child,
+                url: url.clone(),
+                kv_port: None,
+            },
+            url,
+        },
+        events,
+    )
+}
+
+/// Polls until `f` holds (events travel asynchronously), or fails with the last value.
+pub fn eventually(what: &str, mut f: impl FnMut() -> (bool, String)) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, last) = f();
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A metric's value in Prometheus text, summed over its label sets (0 if absent).
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
