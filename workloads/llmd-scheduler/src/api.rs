@@ -173,7 +173,7 @@ async fn handle(s: Shared, api: Api, headers: HeaderMap, body: Bytes) -> warp::r
         http.response.status_code = tracing::field::Empty,
     );
     llmd_telemetry::set_parent(&span, llmd_telemetry::extract_context(&headers));
-    let res = handle_inner(&s, api, &headers, body, start)
+    let res = handle_inner(&s, api, &headers, body, (start, &span))
         .instrument(span.clone())
         .await;
     let res = res.unwrap_or_else(error_reply);
@@ -190,7 +190,7 @@ async fn handle_inner(
     api: Api,
     headers: &HeaderMap,
     body: Bytes,
-    start: Instant,
+    (start, span): (Instant, &tracing::Span),
 ) -> Result<warp::reply::Response, ErrorResponse> {
     if s.inflight.fetch_add(1, Ordering::Relaxed) >= s.cfg.max_inflight {
         s.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -216,6 +216,13 @@ async fn handle_inner(
     if !workers.iter().any(|w| w.serves(&model)) {
         return Err(ErrorResponse::model_not_found(&model));
     }
+    let route_span = tracing::info_span!(
+        "route",
+        llmd.model = %model,
+        llmd.prompt_tokens = parsed.tokens.as_ref().map(Vec::len),
+        llmd.cached_blocks = tracing::field::Empty,
+        llmd.path = tracing::field::Empty,
+    );
     let plan = decide(
         s,
         &live,
@@ -224,9 +231,18 @@ async fn handle_inner(
         parsed.tokens.as_deref(),
         headers,
     )
+    .instrument(route_span.clone())
     .await?;
     let session = plan.decode[0].worker.id.clone();
     let path = plan.path();
+    route_span.record("llmd.cached_blocks", plan.cached_blocks);
+    route_span.record("llmd.path", path);
+    drop(route_span);
+    span.record("llmd.path", path);
+    span.record("llmd.worker", plan.decode[0].worker.id.as_str());
+    if let Some(p) = &plan.prefill {
+        span.record("llmd.prefill", p[0].worker.id.as_str());
+    }
     s.metrics.decisions.with_label_values(&[path]).inc();
     s.metrics
         .decision_seconds
@@ -270,7 +286,7 @@ async fn handle_inner(
             s.clone(),
             upstream,
             (guard, active),
-            (leg, tracing::Span::current()),
+            (leg, span.clone()),
             start,
             path_label,
         )
@@ -285,6 +301,8 @@ async fn handle_inner(
             .request_seconds
             .with_label_values(&[&path_label])
             .observe(start.elapsed().as_secs_f64());
+        // A span's end is its last exit: the leg ends once its answer is read.
+        leg.in_scope(|| {});
         drop((guard, active, leg));
         let mut r = warp::reply::Response::new(bytes.into());
         *r.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -831,6 +849,10 @@ fn relay_stream(
             .request_seconds
             .with_label_values(&[&path])
             .observe(start.elapsed().as_secs_f64());
+        // A span's end is its last exit (tracing-opentelemetry): touch both now.
+        let (_, (leg, req)) = _guards;
+        leg.in_scope(|| {});
+        req.in_scope(|| {});
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         let data = rx.recv().await?;

@@ -618,3 +618,124 @@ fn faults_end_cleanly_and_the_next_requests_succeed() {
     let want = text(&complete(&survivor.url, &greedy(&long, 12)).1);
     assert_eq!(text(&v), want);
 }
+
+/// One trace per request across the scheduler and both workers: the scheduler's request
+/// span joins the client's `traceparent`; its `route`, `prefill_leg` and `decode_leg` spans
+/// are children; each worker's request span is a child of the leg that called it, and the
+/// decode worker's KV pull is under its request. Spans go to a real OTLP receiver and are
+/// flushed at SIGTERM.
+#[test]
+fn one_trace_spans_the_scheduler_and_both_workers() {
+    let Some((model, python)) = enabled() else {
+        return;
+    };
+    let rx = common::otlp_receiver(&python);
+    let otlp = format!("http://127.0.0.1:{}", rx.port);
+    let (cm, events) = start_cache_manager(&[]);
+    let common_args = [
+        "--threads",
+        "1",
+        "--kv-events-endpoint",
+        events.as_str(),
+        "--otlp-traces-endpoint",
+        otlp.as_str(),
+    ];
+    let mut prefill = start_worker(&model, &[&common_args[..], &["--role", "prefill"]].concat());
+    let mut decode = start_worker(&model, &[&common_args[..], &["--role", "decode"]].concat());
+    let flags = [
+        format!("--worker=prefill={}", prefill.url),
+        format!("--worker=decode={}", decode.url),
+    ];
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend([
+        "--cache-manager",
+        cm.url.as_str(),
+        "--otlp-traces-endpoint",
+        otlp.as_str(),
+    ]);
+    let (mut sched, url) = start_scheduler(&args);
+
+    const TRACE: &str = "6e0c63257de34c92bf9efcd03927272e";
+    const CALLER: &str = "a3ce929d0e0e4736";
+    const STREAM_TRACE: &str = "1f2e3d4c5b6a79880123456789abcdef";
+    let long = format!("{SHARED} Question: may I renew a reserved book?");
+    let r = client()
+        .post(format!("{url}/v1/completions"))
+        .header("traceparent", format!("00-{TRACE}-{CALLER}-01"))
+        .json(&greedy(&long, 4))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let route: Value = serde_json::from_str(r.headers()["x-llmd-route"].to_str().unwrap()).unwrap();
+    assert_eq!(route["path"], "pd", "{route}");
+    let mut body = greedy("Stream me", 6);
+    body["stream"] = json!(true);
+    let text = client()
+        .post(format!("{url}/v1/completions"))
+        .header("traceparent", format!("00-{STREAM_TRACE}-{CALLER}-01"))
+        .json(&body)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(text.contains("[DONE]"));
+
+    for child in [&mut sched.0, &mut prefill.child, &mut decode.child] {
+        assert!(terminate(child, Duration::from_secs(15)), "clean stop");
+    }
+    let mut all = Vec::new();
+    eventually("spans exported", || {
+        all = common::spans(&rx.file);
+        let n = all.iter().filter(|s| s["trace_id"] == TRACE).count();
+        (n >= 7, format!("{n} spans in the trace"))
+    });
+    let trace: Vec<&Value> = all.iter().filter(|s| s["trace_id"] == TRACE).collect();
+    let one = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
+        let found: Vec<&&Value> = trace.iter().filter(|s| pred(s)).collect();
+        assert_eq!(found.len(), 1, "one {what}: {trace:#?}");
+        (*found[0]).clone()
+    };
+    let req = one(
+        &|s| s["name"] == "llmd.scheduler.request",
+        "scheduler request span",
+    );
+    assert_eq!(req["parent_span_id"], CALLER);
+    assert_eq!(req["service"], "llmd-scheduler");
+    assert_eq!(req["attributes"]["llmd.path"], "pd", "{req}");
+    let under = |parent: &Value, name: &str| -> Value {
+        one(
+            &|s| s["name"] == name && s["parent_span_id"] == parent["span_id"],
+            name,
+        )
+    };
+    under(&req, "route");
+    let pre_leg = under(&req, "prefill_leg");
+    let dec_leg = under(&req, "decode_leg");
+    let pre_req = under(&pre_leg, "llmd.worker.request");
+    assert_eq!(pre_req["attributes"]["llmd.leg"], "prefill", "{pre_req}");
+    assert_eq!(pre_req["service"], "llmd-worker");
+    let dec_req = under(&dec_leg, "llmd.worker.request");
+    assert_eq!(dec_req["attributes"]["llmd.leg"], "decode", "{dec_req}");
+    under(&dec_req, "kv_pull");
+
+    // The streamed request's span lasts as long as its stream.
+    let s_req = all
+        .iter()
+        .find(|s| s["trace_id"] == STREAM_TRACE && s["name"] == "llmd.scheduler.request")
+        .expect("streamed request span");
+    let s_leg = all
+        .iter()
+        .find(|s| s["trace_id"] == STREAM_TRACE && s["name"] == "decode_leg")
+        .expect("streamed decode leg span");
+    let s_worker = all
+        .iter()
+        .find(|s| s["trace_id"] == STREAM_TRACE && s["name"] == "llmd.worker.request")
+        .expect("worker span of the stream");
+    assert_eq!(s_worker["parent_span_id"], s_leg["span_id"]);
+    let end = |s: &Value| s["end_ns"].as_u64().unwrap();
+    assert!(
+        end(s_req) + 1_000_000 >= end(s_worker),
+        "{s_req}\n{s_worker}"
+    );
+    drop(cm);
+}

@@ -11,13 +11,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, drain, enabled, model_name, repo_root, spawn_llmd, start_worker, terminate, wait_line,
+    client, drain, enabled, model_name, otlp_receiver as receiver, spans, spawn_llmd, start_worker,
+    terminate, wait_line,
 };
 use serde_json::{json, Value};
 
@@ -32,55 +31,6 @@ const BAD: (&str, &str) = ("d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6", "99aa88bb77cc66dd
 const PD_TRACE: &str = "5b8efff798038103d269b633813fc60c";
 const PD_PREFILL_PARENT: &str = "eee19b7ec3c1b174";
 const PD_DECODE_PARENT: &str = "eee19b7ec3c1b175";
-
-/// The OTLP receiver process and the file it appends spans to.
-struct Receiver {
-    child: Child,
-    port: u16,
-    file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn receiver(py: &str) -> Receiver {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("spans.jsonl");
-    let mut child = Command::new(py)
-        .arg(repo_root().join("tests/py/otlp_receiver.py"))
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the receiver did not print its port: {line:?}"));
-    Receiver {
-        child,
-        port,
-        file,
-        _dir: dir,
-    }
-}
-
-fn spans(file: &PathBuf) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn traceparent((trace, parent): (&str, &str)) -> String {
     format!("00-{trace}-{parent}-01")

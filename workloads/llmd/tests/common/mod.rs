@@ -225,3 +225,52 @@ pub fn sum_metric(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// tests/py/otlp_receiver.py: the OTLP receiver process and the file it appends spans to.
+pub struct Receiver {
+    pub child: Child,
+    pub port: u16,
+    pub file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn otlp_receiver(py: &str) -> Receiver {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spans.jsonl");
+    let mut child = Command::new(py)
+        .arg(repo_root().join("tests/py/otlp_receiver.py"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the receiver did not print its port: {line:?}"));
+    Receiver {
+        child,
+        port,
+        file,
+        _dir: dir,
+    }
+}
+
+pub fn spans(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
