@@ -126,10 +126,10 @@ enum Api {
 }
 
 impl Api {
-    fn path(self) -> &'static str {
+    fn url(self, w: &Worker) -> &reqwest::Url {
         match self {
-            Api::Chat => "/v1/chat/completions",
-            Api::Completions => "/v1/completions",
+            Api::Chat => &w.chat_url,
+            Api::Completions => &w.completions_url,
         }
     }
 
@@ -499,7 +499,7 @@ async fn decide(
         _ => (Vec::new(), llmd_protocol::DEFAULT_BLOCK_SIZE),
     };
     let mut cache_manager_ok = None;
-    let precise = match (&live.cache_manager, keys.is_empty()) {
+    let precise = match (&live.score_url, keys.is_empty()) {
         (Some(cm), false) => {
             let r = precise_scores(s, cm, model, &keys, block_size).await;
             cache_manager_ok = Some(r.is_some());
@@ -575,7 +575,7 @@ async fn decide(
 /// within the timeout.
 async fn precise_scores(
     s: &State,
-    cm: &str,
+    score_url: &reqwest::Url,
     model: &str,
     keys: &[u64],
     block_size: usize,
@@ -594,7 +594,7 @@ async fn precise_scores(
     };
     let r = s
         .http
-        .post(format!("{cm}/v1/score"))
+        .post(score_url.clone())
         .json(&json!({"model": model, "block_hashes": keys, "block_size": block_size}))
         .timeout(s.cfg.cache_manager_timeout)
         .send()
@@ -667,7 +667,7 @@ async fn send(
             .inc();
         let r = s
             .http
-            .post(format!("{}{}", w.url, api.path()))
+            .post(api.url(w).clone())
             .headers(headers)
             .header("content-type", "application/json")
             .body(body.clone())
@@ -749,7 +749,7 @@ async fn prefill_leg(
     let _hold = leg.clone();
     let r = s
         .http
-        .post(format!("{}{}", w.url, api.path()))
+        .post(api.url(w).clone())
         .headers(headers)
         .json(&v)
         .timeout(s.cfg.request_timeout)

@@ -100,6 +100,8 @@ impl SchedulerConfig {
 struct Live {
     profiles: Arc<routing::Profiles>,
     cache_manager: Option<String>,
+    /// The cache-manager's `/v1/score`, parsed once.
+    score_url: Option<reqwest::Url>,
 }
 
 pub(crate) struct State {
@@ -138,15 +140,19 @@ fn load(cfg: &SchedulerConfig) -> Result<(Vec<WorkerSpec>, Live), SchedulerError
         .cache_manager
         .or_else(|| cfg.cache_manager.clone())
         .map(|u| u.trim_end_matches('/').to_string());
-    if let Some(u) = &cache_manager {
-        reqwest::Url::parse(u)
-            .map_err(|e| SchedulerError::Config(format!("cache-manager url {u:?}: {e}")))?;
-    }
+    let score_url = match &cache_manager {
+        Some(u) => Some(
+            reqwest::Url::parse(&format!("{u}/v1/score"))
+                .map_err(|e| SchedulerError::Config(format!("cache-manager url {u:?}: {e}")))?,
+        ),
+        None => None,
+    };
     Ok((
         workers,
         Live {
             profiles: Arc::new(profiles),
             cache_manager,
+            score_url,
         },
     ))
 }

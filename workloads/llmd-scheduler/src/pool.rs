@@ -73,6 +73,9 @@ pub struct Worker {
     /// Base URL, no trailing slash.
     pub url: String,
     pub role: Role,
+    /// The two endpoints requests go to, parsed once (URL parsing shows in the profile).
+    pub chat_url: reqwest::Url,
+    pub completions_url: reqwest::Url,
     configured_model: Option<String>,
     state: Mutex<WorkerState>,
     pub active: AtomicUsize,
@@ -80,9 +83,16 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(spec: &WorkerSpec) -> Result<Self, SchedulerError> {
+        let url = spec.url.trim_end_matches('/').to_string();
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{url}{path}"))
+                .map_err(|e| SchedulerError::Config(format!("worker url {url:?}: {e}")))
+        };
         Ok(Self {
             id: worker_id(&spec.url)?,
-            url: spec.url.trim_end_matches('/').to_string(),
+            chat_url: endpoint("/v1/chat/completions")?,
+            completions_url: endpoint("/v1/completions")?,
+            url,
             role: spec.role,
             configured_model: spec.model.clone(),
             state: Mutex::new(WorkerState::default()),

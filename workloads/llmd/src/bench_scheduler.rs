@@ -35,6 +35,10 @@ pub struct SchedulerBenchArgs {
     /// Prompt size in bytes (the peers were measured at ~2 KB).
     #[arg(long, default_value_t = 2048)]
     pub prompt_bytes: usize,
+    /// A Python with `sglang-router` installed (`pip install sglang-router`): its router is
+    /// measured the same way in the same run, cache_aware and round_robin.
+    #[arg(long)]
+    pub sglang_python: Option<String>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +96,121 @@ fn spawn(args: &[String], ready: &str) -> anyhow::Result<(Proc, String)> {
     };
     std::thread::spawn(move || for _ in lines.by_ref() {});
     Ok((Proc(child), url))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Until the scheduler has every backend healthy and the tokenizer loaded.
+async fn wait_ready(http: &reqwest::Client, url: &str, backends: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h: Value = match http.get(format!("{url}/health")).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let tok_ok = http
+            .post(format!("{url}/tokenize"))
+            .json(&json!({"prompt": "x"}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if h["healthy_workers"].as_u64() == Some(backends as u64) && tok_ok {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the scheduler did not get ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Until a router answers a chat request.
+async fn wait_serving(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = http
+            .post(format!("{url}/v1/chat/completions"))
+            .json(body)
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the router at {url} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What one measurement needs.
+struct Measure<'a> {
+    a: &'a SchedulerBenchArgs,
+    http: &'a reqwest::Client,
+    backends: &'a [String],
+    name: &'a str,
+    cm_pid: Option<u32>,
+}
+
+impl Measure<'_> {
+    /// Warms the router up, then one row per concurrency level.
+    #[allow(clippy::too_many_arguments)]
+    async fn rows(
+        &self,
+        label: &str,
+        prompts: &str,
+        url: &str,
+        pid: u32,
+        repeated: &Arc<Vec<Value>>,
+        next_unique: &mut usize,
+        rows: &mut Vec<Row>,
+    ) -> anyhow::Result<()> {
+        let a = self.a;
+        drive(self.http, url, repeated, 300.min(a.requests), 8).await?;
+        for &c in &a.concurrency {
+            let bodies = if prompts == "unique" {
+                *next_unique += a.requests;
+                Arc::new(bodies(
+                    self.name,
+                    a.prompt_bytes,
+                    *next_unique - a.requests,
+                    a.requests,
+                ))
+            } else {
+                repeated.clone()
+            };
+            let (mut direct, _) =
+                drive(self.http, &self.backends[0], &bodies, a.requests, c).await?;
+            let s0 = cpu_seconds(pid)?;
+            let c0 = self.cm_pid.map(cpu_seconds).transpose()?.unwrap_or(0.0);
+            let (mut via, wall) = drive(self.http, url, &bodies, a.requests, c).await?;
+            let s1 = cpu_seconds(pid)?;
+            let c1 = self.cm_pid.map(cpu_seconds).transpose()?.unwrap_or(0.0);
+            let n = a.requests as f64;
+            let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
+            let (v50, v99) = (pct(&mut via, 0.5), pct(&mut via, 0.99));
+            rows.push(Row {
+                profile: label.to_string(),
+                prompts: prompts.to_string(),
+                concurrency: c,
+                direct_p50_ms: d50 * 1e3,
+                direct_p99_ms: d99 * 1e3,
+                via_p50_ms: v50 * 1e3,
+                via_p99_ms: v99 * 1e3,
+                added_p50_ms: (v50 - d50) * 1e3,
+                added_p99_ms: (v99 - d99) * 1e3,
+                requests_per_s: n / wall,
+                scheduler_cpu_us_per_request: (s1 - s0) / n * 1e6,
+                cache_manager_cpu_us_per_request: (c1 - c0) / n * 1e6,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// User + system CPU seconds of a process (all threads), from /proc.
@@ -287,66 +406,75 @@ pub fn run(a: SchedulerBenchArgs) -> anyhow::Result<()> {
         }
         args.extend(workers.iter().cloned());
         let (sched, url) = spawn(&args, "llmd scheduler: ")?;
+        let m = Measure {
+            a: &a,
+            http: &http,
+            backends: &backends,
+            name: &name,
+            cm_pid: Some(cm.0.id()),
+        };
         rt.block_on(async {
-            // Ready: every backend healthy and the tokenizer loaded.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let h: Value = match http.get(format!("{url}/health")).send().await {
-                    Ok(r) => r.json().await.unwrap_or(Value::Null),
-                    Err(_) => Value::Null,
-                };
-                let tok_ok = http
-                    .post(format!("{url}/tokenize"))
-                    .json(&json!({"prompt": "x"}))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if h["healthy_workers"].as_u64() == Some(a.backends as u64) && tok_ok {
-                    break;
-                }
-                anyhow::ensure!(Instant::now() < deadline, "the scheduler did not get ready");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            drive(&http, &url, &repeated, 300.min(a.requests), 8).await?;
-            for &c in &a.concurrency {
-                let bodies = if prompts == "unique" {
-                    next_unique += a.requests;
-                    Arc::new(bodies(
-                        &name,
-                        a.prompt_bytes,
-                        next_unique - a.requests,
-                        a.requests,
-                    ))
-                } else {
-                    repeated.clone()
-                };
-                let (mut direct, _) = drive(&http, &backends[0], &bodies, a.requests, c).await?;
-                let s0 = cpu_seconds(sched.0.id())?;
-                let c0 = cpu_seconds(cm.0.id())?;
-                let (mut via, wall) = drive(&http, &url, &bodies, a.requests, c).await?;
-                let s1 = cpu_seconds(sched.0.id())?;
-                let c1 = cpu_seconds(cm.0.id())?;
-                let n = a.requests as f64;
-                let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
-                let (v50, v99) = (pct(&mut via, 0.5), pct(&mut via, 0.99));
-                rows.push(Row {
-                    profile: label.to_string(),
-                    prompts: prompts.to_string(),
-                    concurrency: c,
-                    direct_p50_ms: d50 * 1e3,
-                    direct_p99_ms: d99 * 1e3,
-                    via_p50_ms: v50 * 1e3,
-                    via_p99_ms: v99 * 1e3,
-                    added_p50_ms: (v50 - d50) * 1e3,
-                    added_p99_ms: (v99 - d99) * 1e3,
-                    requests_per_s: n / wall,
-                    scheduler_cpu_us_per_request: (s1 - s0) / n * 1e6,
-                    cache_manager_cpu_us_per_request: (c1 - c0) / n * 1e6,
-                });
-            }
-            Ok::<_, anyhow::Error>(())
+            wait_ready(&http, &url, a.backends).await?;
+            m.rows(
+                label,
+                prompts,
+                &url,
+                sched.0.id(),
+                &repeated,
+                &mut next_unique,
+                &mut rows,
+            )
+            .await
         })?;
         drop(sched);
+    }
+    if let Some(py) = &a.sglang_python {
+        for policy in ["cache_aware", "round_robin"] {
+            let port = free_port()?;
+            let mut cmd = Command::new(py);
+            cmd.args(["-m", "sglang_router.launch_router", "--worker-urls"])
+                .args(&backends)
+                .args(["--policy", policy, "--host", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--prometheus-host", "127.0.0.1", "--prometheus-port"])
+                .arg(free_port()?.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let peer = Proc(cmd.spawn().context("cannot start sglang-router")?);
+            let url = format!("http://127.0.0.1:{port}");
+            let m = Measure {
+                a: &a,
+                http: &http,
+                backends: &backends,
+                name: &name,
+                cm_pid: None,
+            };
+            let label = format!("sglang {policy}");
+            rt.block_on(async {
+                wait_serving(&http, &url, &repeated[0]).await?;
+                m.rows(
+                    &label,
+                    "repeated",
+                    &url,
+                    peer.0.id(),
+                    &repeated,
+                    &mut next_unique,
+                    &mut rows,
+                )
+                .await?;
+                m.rows(
+                    &label,
+                    "unique",
+                    &url,
+                    peer.0.id(),
+                    &repeated,
+                    &mut next_unique,
+                    &mut rows,
+                )
+                .await
+            })?;
+        }
     }
     drop(cm);
     if a.json {
