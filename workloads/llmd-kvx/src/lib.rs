@@ -160,6 +160,18 @@ pub enum KvxError {
 
 impl KvxError {
     /// A short label for metrics.
+    /// Every value [`KvxError::reason`] can take (metric labels are set up from it).
+    pub const REASONS: &'static [&'static str] = &[
+        "connect",
+        "timeout",
+        "not_found",
+        "mismatch",
+        "truncated",
+        "checksum",
+        "protocol",
+        "io",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             KvxError::Connect { .. } => "connect",

@@ -133,7 +133,27 @@ impl Metrics {
                 &["worker"]
             )?),
             registry,
-        })
+        }
+        .with_known_labels())
+    }
+
+    /// Series for the label values known in advance start at 0, so they are exported (and
+    /// rate() works) before the first event of their kind.
+    fn with_known_labels(self) -> Self {
+        for path in ["single", "pd"] {
+            self.decisions.with_label_values(&[path]);
+        }
+        for path in ["single", "pd", "pd-fallback"] {
+            self.request_seconds.with_label_values(&[path]);
+        }
+        for reason in ["prefill_failed", "cache_manager", "no_tokenizer"] {
+            self.fallbacks.with_label_values(&[reason]);
+        }
+        for reason in ["timeout", "connect", "status", "decode"] {
+            self.cache_manager_errors.with_label_values(&[reason]);
+        }
+        self.retries.with_label_values(&["decode"]);
+        self
     }
 
     pub fn render(&self, workers: &[std::sync::Arc<Worker>]) -> String {

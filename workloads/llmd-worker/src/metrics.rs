@@ -232,7 +232,26 @@ impl Metrics {
             )?),
             last: Default::default(),
             registry,
-        })
+        }
+        .with_known_labels())
+    }
+
+    /// Series whose label values are known in advance start at 0, so dashboards and alert
+    /// rules find them (and rate() works) before the first transfer or failure.
+    fn with_known_labels(self) -> Self {
+        for side in [KvSide::Sent, KvSide::Received] {
+            let d = side.label();
+            self.kv_bytes.with_label_values(&[d]);
+            self.kv_transfers.with_label_values(&[d]);
+            self.kv_duration.with_label_values(&[d]);
+        }
+        self.kv_failures
+            .with_label_values(&[KvSide::Sent.label(), "aborted"]);
+        for reason in llmd_kvx::KvxError::REASONS.iter().chain(&["bad_params"]) {
+            self.kv_failures
+                .with_label_values(&[KvSide::Received.label(), reason]);
+        }
+        self
     }
 
     /// Refreshes the gauges and engine counters, then renders the text exposition.

@@ -9,28 +9,17 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    client, drain, enabled, eventually, free_port, post, spawn_llmd, start_cache_manager,
-    start_worker, terminate, wait_line, Worker,
+    client, drain, enabled, eventually, free_port, id_of, post, spawn_llmd, start_cache_manager,
+    start_up, start_worker, terminate, wait_line, wait_ready, Proc, Worker,
 };
 use serde_json::{json, Value};
 
 /// About 150 tokens: above the P/D threshold, and 9 full blocks of shared prefix.
 const SHARED: &str = "You are a careful assistant for a city library. Answer questions about opening hours, borrowing rules, late fees, the catalogue, study rooms, printing, children's events and accessibility, politely and briefly, and never invent a policy. The library opens at nine and closes at six on weekdays, opens at ten and closes at four on Saturdays, and is closed on Sundays and public holidays. Members may borrow up to twelve items at a time for three weeks, renew each item twice unless someone has reserved it, and pay twenty cents a day for each late item, up to five euros an item. Study rooms are booked at the front desk for two hours at most. Printing costs ten cents a page in black and white and fifty cents in colour.";
-
-/// A process killed (SIGKILL) when dropped, unless stopped before.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_scheduler(args: &[&str]) -> (Proc, String) {
     let mut all = vec!["scheduler", "--host", "127.0.0.1", "--port", "0"];
@@ -40,23 +29,6 @@ fn start_scheduler(args: &[&str]) -> (Proc, String) {
     drain(rx);
     wait_ready(&url);
     (Proc(child), url)
-}
-
-/// Every worker healthy and the tokenizer loaded.
-fn wait_ready(url: &str) {
-    eventually("scheduler ready", || {
-        let h: Value = client()
-            .get(format!("{url}/health"))
-            .send()
-            .ok()
-            .and_then(|r| r.json().ok())
-            .unwrap_or(Value::Null);
-        let (st, _) = post(&format!("{url}/tokenize"), &json!({"prompt": "hi"}));
-        (
-            h["status"] == "ok" && h["healthy_workers"] == h["workers"] && st == 200,
-            h.to_string(),
-        )
-    });
 }
 
 /// POSTs a completion; returns the status, body and route header.
@@ -84,49 +56,6 @@ fn text(v: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn id_of(url: &str) -> String {
-    url.trim_start_matches("http://").to_string()
-}
-
-/// `llmd up` as a child, its component URLs read from its (prefixed) log.
-struct Up {
-    proc: Proc,
-    url: String,
-    cache_manager: String,
-    workers: Vec<String>,
-}
-
-fn start_up(model: &str, extra: &[&str]) -> Up {
-    let mut args = vec!["up", "--model", model, "--port", "0"];
-    args.extend_from_slice(extra);
-    let (child, rx) = spawn_llmd(&args, "up");
-    let mut workers = Vec::new();
-    let mut cache_manager = String::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let url = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("llmd up did not get ready");
-        if let Some(rest) = line.strip_prefix("llmd up: ready at ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-        if let Some((_, u)) = line.split_once("] llmd worker: http://") {
-            workers.push(format!("http://{u}"));
-        }
-        if let Some((_, u)) = line.split_once("] llmd cache-manager: http://") {
-            cache_manager = format!("http://{u}");
-        }
-    };
-    drain(rx);
-    wait_ready(&url);
-    Up {
-        proc: Proc(child),
-        url,
-        cache_manager,
-        workers,
-    }
 }
 
 #[test]

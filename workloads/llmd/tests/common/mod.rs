@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub fn enabled() -> Option<(String, String)> {
     match (
@@ -273,4 +273,74 @@ pub fn spans(file: &std::path::Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// A process killed (SIGKILL) when dropped, unless stopped before.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every worker healthy and the tokenizer loaded.
+pub fn wait_ready(url: &str) {
+    eventually("scheduler ready", || {
+        let h: Value = client()
+            .get(format!("{url}/health"))
+            .send()
+            .ok()
+            .and_then(|r| r.json().ok())
+            .unwrap_or(Value::Null);
+        let (st, _) = post(&format!("{url}/tokenize"), &json!({"prompt": "hi"}));
+        (
+            h["status"] == "ok" && h["healthy_workers"] == h["workers"] && st == 200,
+            h.to_string(),
+        )
+    });
+}
+
+pub fn id_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+/// `llmd up` as a child, its component URLs read from its (prefixed) log.
+pub struct Up {
+    pub proc: Proc,
+    pub url: String,
+    pub cache_manager: String,
+    pub workers: Vec<String>,
+}
+
+pub fn start_up(model: &str, extra: &[&str]) -> Up {
+    let mut args = vec!["up", "--model", model, "--port", "0"];
+    args.extend_from_slice(extra);
+    let (child, rx) = spawn_llmd(&args, "up");
+    let mut workers = Vec::new();
+    let mut cache_manager = String::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let url = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("llmd up did not get ready");
+        if let Some(rest) = line.strip_prefix("llmd up: ready at ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some((_, u)) = line.split_once("] llmd worker: http://") {
+            workers.push(format!("http://{u}"));
+        }
+        if let Some((_, u)) = line.split_once("] llmd cache-manager: http://") {
+            cache_manager = format!("http://{u}");
+        }
+    };
+    drain(rx);
+    wait_ready(&url);
+    Up {
+        proc: Proc(child),
+        url,
+        cache_manager,
+        workers,
+    }
 }
