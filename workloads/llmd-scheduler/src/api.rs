@@ -177,7 +177,11 @@ async fn handle(s: Shared, api: Api, headers: HeaderMap, body: Bytes) -> warp::r
         .instrument(span.clone())
         .await;
     let res = res.unwrap_or_else(error_reply);
-    span.record("http.response.status_code", res.status().as_u16());
+    // Integers as i64: tracing-opentelemetry exports u64 fields as strings.
+    span.record(
+        "http.response.status_code",
+        i64::from(res.status().as_u16()),
+    );
     s.metrics
         .requests
         .with_label_values(&[api.label(), res.status().as_str()])
@@ -219,7 +223,7 @@ async fn handle_inner(
     let route_span = tracing::info_span!(
         "route",
         llmd.model = %model,
-        llmd.prompt_tokens = parsed.tokens.as_ref().map(Vec::len),
+        llmd.prompt_tokens = parsed.tokens.as_ref().map(|t| t.len() as i64),
         llmd.cached_blocks = tracing::field::Empty,
         llmd.path = tracing::field::Empty,
     );
@@ -235,7 +239,7 @@ async fn handle_inner(
     .await?;
     let session = plan.decode[0].worker.id.clone();
     let path = plan.path();
-    route_span.record("llmd.cached_blocks", plan.cached_blocks);
+    route_span.record("llmd.cached_blocks", plan.cached_blocks as i64);
     route_span.record("llmd.path", path);
     drop(route_span);
     span.record("llmd.path", path);
@@ -651,7 +655,7 @@ async fn send(
             "decode_leg",
             otel.kind = "client",
             llmd.worker = %w.id,
-            llmd.attempt = attempt,
+            llmd.attempt = attempt as i64,
             http.response.status_code = tracing::field::Empty,
         );
         let mut headers = headers.clone();
@@ -676,7 +680,7 @@ async fn send(
             .instrument(leg.clone())
             .await;
         if let Ok(r) = &r {
-            leg.record("http.response.status_code", r.status().as_u16());
+            leg.record("http.response.status_code", i64::from(r.status().as_u16()));
         }
         match r {
             Ok(r) if !r.status().is_server_error() => return Ok((w.clone(), r, leg)),

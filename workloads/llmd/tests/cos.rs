@@ -19,12 +19,7 @@ use serde_json::{json, Value};
 
 /// Metric names a `/metrics` page declares, histogram series included.
 fn exported(url: &str) -> BTreeSet<String> {
-    let text = client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = common::metrics_text(url);
     let mut out = BTreeSet::new();
     for l in text.lines() {
         if let Some(rest) = l.strip_prefix("# TYPE ") {

@@ -478,15 +478,7 @@ fn faults_end_cleanly_and_the_next_requests_succeed() {
         "60",
     ]);
     let (_sched, url) = start_scheduler(&args);
-    let metric = |name: &str| -> f64 {
-        let text = client()
-            .get(format!("{url}/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        common::sum_metric(&text, name)
-    };
+    let metric = |name: &str| common::sum_metric(&common::metrics_text(&url), name);
 
     // A decode worker killed mid-stream: an error event, [DONE], the stream ends.
     let body = json!({"prompt": "Tell me a long story.", "max_tokens": 400, "temperature": 0, "ignore_eos": true, "stream": true});

@@ -344,3 +344,13 @@ pub fn start_up(model: &str, extra: &[&str]) -> Up {
         workers,
     }
 }
+
+/// A server's `/metrics` page.
+pub fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}

@@ -1,0 +1,5 @@
+//! The llmd-prefill charm (Juju runs this binary as `dispatch`).
+
+fn main() {
+    llmd_charm::worker::run(llmd_charm::worker::Role::Prefill)
+}
