@@ -3,6 +3,8 @@
 //! writes, model fetching through `llmd model fetch`, the workload's health, and the COS and
 //! tracing relations. [`worker`] is the prefill and decode charms' logic.
 
+pub mod cache_manager;
+pub mod scheduler;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -12,7 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use juju_charm::{CharmError, CharmResult, Context, Databag};
+use juju_charm::systemd::Change;
+use juju_charm::{CharmError, CharmResult, Context, Databag, Event, ServiceUnit, Status, Systemd};
 use llmd_cos::{Component, Topology};
 
 /// Where the workload binary is installed (outside the charm directory, which upgrades
@@ -220,4 +223,71 @@ pub fn remote_app_value(ctx: &Context, endpoint: &str, key: &str) -> CharmResult
         }
     }
     Ok(None)
+}
+
+/// Install, upgrade, stop and remove, as every llmd charm handles them. Returns false when
+/// the hook stopped the service (nothing more to do).
+pub fn lifecycle(ctx: &Context, service: &str) -> CharmResult<bool> {
+    match &ctx.event {
+        Event::Stop | Event::Remove => {
+            Systemd::new().remove(service)?;
+            ctx.status_set(&Status::maintenance("stopped"))?;
+            Ok(false)
+        }
+        Event::Install | Event::UpgradeCharm => {
+            ctx.status_set(&Status::maintenance("installing llmd"))?;
+            let version = install_binary(ctx)?;
+            ctx.application_version_set(&version)?;
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
+}
+
+/// A port option, checked.
+pub fn port(name: &str, v: i64) -> CharmResult<u16> {
+    u16::try_from(v).ok().filter(|&p| p > 0).ok_or_else(|| {
+        CharmError::blocked(format!("{name} must be a port number (1-65535), not {v}"))
+    })
+}
+
+/// Writes `text` to `/etc/llmd/<service>.yaml`; whether it changed.
+pub fn write_config(ctx: &Context, service: &str, text: &str) -> CharmResult<bool> {
+    let path = ctx.host_path(format!("{CONFIG_DIR}/{service}.yaml"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(juju_charm::files::write_if_changed(&path, text.as_bytes())?)
+}
+
+/// The service running `llmd ARGS` with [`HOME`]: started, or restarted when its unit file
+/// changed or `restart` says its config did. A stop gives in-flight requests
+/// `TimeoutStopSec` to drain.
+pub fn ensure_service(
+    service: &str,
+    description: &str,
+    args: Vec<String>,
+    restart: bool,
+) -> CharmResult {
+    let mut argv = vec![BINARY.to_string()];
+    argv.extend(args);
+    let unit = ServiceUnit::new(description, argv)
+        .env("LLMD_HOME", HOME)
+        .timeout_stop_sec(120);
+    let systemd = Systemd::new();
+    if systemd.ensure(service, &unit)? == Change::Unchanged && restart {
+        systemd.restart(service)?;
+    }
+    Ok(())
+}
+
+/// `active: <message>`, or on update-status `maintenance` while `/health` does not answer.
+pub fn serving_status(ctx: &Context, http_port: u16, what: &str, message: String) -> CharmResult {
+    let status = if matches!(ctx.event, Event::UpdateStatus) && !healthy(http_port) {
+        Status::maintenance(format!("{what} not answering /health yet"))
+    } else {
+        Status::active(message)
+    };
+    ctx.status_set(&status)?;
+    Ok(())
 }

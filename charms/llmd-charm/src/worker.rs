@@ -7,11 +7,14 @@
 //! data. A model that cannot be fetched leaves the running service and its config alone and
 //! blocks with the reason; fixing `model-id` clears it.
 
-use juju_charm::{CharmError, CharmResult, Context, Event, Port, ServiceUnit, Status, Systemd};
+use juju_charm::{CharmError, CharmResult, Context, Port, Status};
 use llmd_cos::Component;
 use serde::Deserialize;
 
-use crate::{fetch_model, healthy, publish_cos, remote_app_value, tracing_endpoint, FetchedModel};
+use crate::{
+    ensure_service, fetch_model, lifecycle, port, publish_cos, remote_app_value, serving_status,
+    tracing_endpoint, write_config, FetchedModel,
+};
 
 /// Which worker charm this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +87,6 @@ fn default_kv_port() -> i64 {
     8200
 }
 
-fn port(name: &str, v: i64) -> CharmResult<u16> {
-    u16::try_from(v).ok().filter(|&p| p > 0).ok_or_else(|| {
-        CharmError::blocked(format!("{name} must be a port number (1-65535), not {v}"))
-    })
-}
-
 /// The worker's YAML config (the `llmd worker --config` keys).
 fn render_config(
     role: Role,
@@ -155,20 +152,9 @@ pub fn run(role: Role) -> ! {
 }
 
 pub fn handle(ctx: &Context, role: Role) -> CharmResult {
-    let systemd = Systemd::new();
     let service = role.service();
-    match &ctx.event {
-        Event::Stop | Event::Remove => {
-            systemd.remove(service)?;
-            ctx.status_set(&Status::maintenance("stopped"))?;
-            return Ok(());
-        }
-        Event::Install | Event::UpgradeCharm => {
-            ctx.status_set(&Status::maintenance("installing llmd"))?;
-            let version = crate::install_binary(ctx)?;
-            ctx.application_version_set(&version)?;
-        }
-        _ => {}
+    if !lifecycle(ctx, service)? {
+        return Ok(());
     }
     let o: WorkerOptions = ctx.config()?;
     let http_port = port("port", o.port)?;
@@ -208,26 +194,19 @@ pub fn handle(ctx: &Context, role: Role) -> CharmResult {
         events.as_deref(),
         otlp.as_deref(),
     )?;
-    let config_path = ctx.host_path(format!("{}/{service}.yaml", crate::CONFIG_DIR));
-    if let Some(dir) = config_path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let config_changed = juju_charm::files::write_if_changed(&config_path, config.as_bytes())?;
-    let mut argv = vec![
-        crate::BINARY.to_string(),
-        "worker".into(),
+    let changed = write_config(ctx, service, &config)?;
+    let mut args = vec![
+        "worker".to_string(),
         "--config".into(),
         format!("{}/{service}.yaml", crate::CONFIG_DIR),
     ];
-    argv.extend(o.extra_args.split_whitespace().map(str::to_string));
-    let unit = ServiceUnit::new(format!("llmd {} worker", role.as_str()), argv)
-        .env("LLMD_HOME", crate::HOME)
-        // Draining in-flight requests on restart takes up to the longest request.
-        .timeout_stop_sec(120);
-    let change = systemd.ensure(service, &unit)?;
-    if config_changed && change == juju_charm::systemd::Change::Unchanged {
-        systemd.restart(service)?;
-    }
+    args.extend(o.extra_args.split_whitespace().map(str::to_string));
+    ensure_service(
+        service,
+        &format!("llmd {} worker", role.as_str()),
+        args,
+        changed,
+    )?;
     ctx.store("model", &model)?;
     ctx.open_port(&Port::tcp(http_port))?;
     let mut data = vec![
@@ -250,11 +229,10 @@ pub fn handle(ctx: &Context, role: Role) -> CharmResult {
     } else {
         ""
     };
-    let status = if matches!(ctx.event, Event::UpdateStatus) && !healthy(http_port) {
-        Status::maintenance(format!("{} not answering /health yet", model.name))
-    } else {
-        Status::active(format!("serving {}{note}", model.name))
-    };
-    ctx.status_set(&status)?;
-    Ok(())
+    serving_status(
+        ctx,
+        http_port,
+        &model.name,
+        format!("serving {}{note}", model.name),
+    )
 }
