@@ -4,6 +4,7 @@
 //! tracing relations. [`worker`] is the prefill and decode charms' logic.
 
 pub mod cache_manager;
+pub mod pack;
 pub mod scheduler;
 pub mod worker;
 
