@@ -11,12 +11,7 @@ const CHARM: &str = env!("CARGO_BIN_EXE_llmd-cache-manager-charm");
 const CHARMCRAFT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charmcraft.yaml");
 
 fn harness(dir: &tempfile::TempDir) -> Harness {
-    support::charm_dir(dir.path(), "llmd-cache-manager");
-    Harness::new(CHARM)
-        .unwrap()
-        .charmcraft_yaml(CHARMCRAFT)
-        .unwrap()
-        .charm_dir(dir.path())
+    support::harness(CHARM, CHARMCRAFT, dir.path(), "llmd-cache-manager")
 }
 
 #[test]
@@ -94,4 +89,32 @@ fn serves_and_publishes_its_endpoints_to_workers_and_schedulers() {
         out.local_unit_data("kv-cache-manager")["events_endpoint"],
         "tcp://10.0.0.10:5557"
     );
+}
+
+#[test]
+fn update_status_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir);
+    // Port 1: nothing answers there, so the workload reads as not healthy.
+    let out = h
+        .run(
+            Event::Install,
+            &State::default()
+                .unit("llmd-cache-manager/0")
+                .leader(true)
+                .config("port", 1),
+        )
+        .unwrap();
+    assert!(out.succeeded(), "{}", out.stderr);
+    let out = h.run(Event::UpdateStatus, &out.state).unwrap();
+    assert_eq!(
+        out.unit_status,
+        Status::maintenance("cache-manager not answering /health yet")
+    );
+    let out = h.run(Event::Remove, &out.state).unwrap();
+    assert!(out.succeeded(), "{}", out.stderr);
+    assert!(h
+        .read_file("/etc/systemd/system/llmd-cache-manager.service")
+        .is_none());
+    assert_eq!(out.unit_status, Status::maintenance("stopped"));
 }

@@ -44,9 +44,9 @@ pub fn run() -> ! {
 }
 
 pub fn handle(ctx: &Context) -> CharmResult {
-    if !lifecycle(ctx, SERVICE)? {
+    let Some(new_binary) = lifecycle(ctx, SERVICE)? else {
         return Ok(());
-    }
+    };
     let o: CacheManagerOptions = ctx.config()?;
     let http = port("port", o.port)?;
     let events = port("events-port", o.events_port)?;
@@ -86,7 +86,7 @@ pub fn handle(ctx: &Context) -> CharmResult {
     }
     args.extend(o.extra_args.split_whitespace().map(str::to_string));
     // Every setting is a flag: a changed unit file restarts the service.
-    ensure_service(SERVICE, "llmd cache-manager", args, false)?;
+    ensure_service(SERVICE, "llmd cache-manager", args, new_binary)?;
     ctx.open_port(&Port::tcp(http))?;
     ctx.open_port(&Port::tcp(events))?;
     let data = juju_charm::databag([

@@ -28,10 +28,15 @@ pub const HOME: &str = "/var/lib/llmd";
 pub const CONFIG_DIR: &str = "/etc/llmd";
 
 /// Copies the `llmd` binary shipped in the charm (`bin/llmd`) to [`BINARY`], atomically
-/// (a running service keeps the old file until it restarts). Returns `llmd --version`.
-pub fn install_binary(ctx: &Context) -> CharmResult<String> {
+/// (a running service keeps the old file until it restarts). Returns `llmd --version` and
+/// whether the installed binary changed (an upgrade then restarts the service).
+pub fn install_binary(ctx: &Context) -> CharmResult<(String, bool)> {
     let shipped = ctx.charm_path("bin/llmd");
     let dest = ctx.host_path(BINARY);
+    let changed = match (std::fs::read(&shipped), std::fs::read(&dest)) {
+        (Ok(new), Ok(old)) => new != old,
+        _ => true,
+    };
     let dir = dest
         .parent()
         .ok_or_else(|| CharmError::failed("bad binary path"))?;
@@ -51,7 +56,7 @@ pub fn install_binary(ctx: &Context) -> CharmResult<String> {
         .last()
         .unwrap_or("unknown")
         .to_string();
-    Ok(version)
+    Ok((version, changed))
 }
 
 fn set_executable(p: &Path) -> std::io::Result<()> {
@@ -226,22 +231,23 @@ pub fn remote_app_value(ctx: &Context, endpoint: &str, key: &str) -> CharmResult
     Ok(None)
 }
 
-/// Install, upgrade, stop and remove, as every llmd charm handles them. Returns false when
-/// the hook stopped the service (nothing more to do).
-pub fn lifecycle(ctx: &Context, service: &str) -> CharmResult<bool> {
+/// Install, upgrade, stop and remove, as every llmd charm handles them. `None` when the
+/// hook stopped the service (nothing more to do); else whether the workload binary changed
+/// (so a running service must restart to run it).
+pub fn lifecycle(ctx: &Context, service: &str) -> CharmResult<Option<bool>> {
     match &ctx.event {
         Event::Stop | Event::Remove => {
             Systemd::new().remove(service)?;
             ctx.status_set(&Status::maintenance("stopped"))?;
-            Ok(false)
+            Ok(None)
         }
         Event::Install | Event::UpgradeCharm => {
             ctx.status_set(&Status::maintenance("installing llmd"))?;
-            let version = install_binary(ctx)?;
+            let (version, changed) = install_binary(ctx)?;
             ctx.application_version_set(&version)?;
-            Ok(true)
+            Ok(Some(changed))
         }
-        _ => Ok(true),
+        _ => Ok(Some(false)),
     }
 }
 

@@ -97,9 +97,9 @@ pub fn run() -> ! {
 }
 
 pub fn handle(ctx: &Context) -> CharmResult {
-    if !lifecycle(ctx, SERVICE)? {
+    let Some(new_binary) = lifecycle(ctx, SERVICE)? else {
         return Ok(());
-    }
+    };
     let o: SchedulerOptions = ctx.config()?;
     let http = port("port", o.port)?;
     if o.pd_threshold < 0 {
@@ -179,7 +179,7 @@ pub fn handle(ctx: &Context) -> CharmResult {
         args.extend(["--otlp-traces-endpoint".into(), otlp]);
     }
     args.extend(o.extra_args.split_whitespace().map(str::to_string));
-    ensure_service(SERVICE, "llmd scheduler", args, false)?;
+    ensure_service(SERVICE, "llmd scheduler", args, new_binary)?;
     ctx.open_port(&Port::tcp(http))?;
     let address = ctx
         .unit_address("api")

@@ -153,9 +153,9 @@ pub fn run(role: Role) -> ! {
 
 pub fn handle(ctx: &Context, role: Role) -> CharmResult {
     let service = role.service();
-    if !lifecycle(ctx, service)? {
+    let Some(new_binary) = lifecycle(ctx, service)? else {
         return Ok(());
-    }
+    };
     let o: WorkerOptions = ctx.config()?;
     let http_port = port("port", o.port)?;
     let address = ctx
@@ -205,7 +205,7 @@ pub fn handle(ctx: &Context, role: Role) -> CharmResult {
         service,
         &format!("llmd {} worker", role.as_str()),
         args,
-        changed,
+        changed || new_binary,
     )?;
     ctx.store("model", &model)?;
     ctx.open_port(&Port::tcp(http_port))?;

@@ -30,3 +30,19 @@ pub fn charm_dir(dir: &Path, name: &str) {
     std::fs::write(&llmd, FAKE_LLMD).unwrap();
     std::fs::set_permissions(&llmd, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// A harness for the charm binary `charm` (its `charmcraft.yaml` beside), run from a charm
+/// directory made by [`charm_dir`] in `dir`.
+pub fn harness(
+    charm: &str,
+    charmcraft: &str,
+    dir: &Path,
+    name: &str,
+) -> juju_charm::testing::Harness {
+    charm_dir(dir, name);
+    juju_charm::testing::Harness::new(charm)
+        .unwrap()
+        .charmcraft_yaml(charmcraft)
+        .unwrap()
+        .charm_dir(dir)
+}

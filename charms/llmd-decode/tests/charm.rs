@@ -14,12 +14,7 @@ const CHARMCRAFT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charmcraft.yaml")
 const CONFIG: &str = "/etc/llmd/llmd-decode.yaml";
 
 fn harness(dir: &tempfile::TempDir) -> Harness {
-    support::charm_dir(dir.path(), "llmd-decode");
-    Harness::new(CHARM)
-        .unwrap()
-        .charmcraft_yaml(CHARMCRAFT)
-        .unwrap()
-        .charm_dir(dir.path())
+    support::harness(CHARM, CHARMCRAFT, dir.path(), "llmd-decode")
 }
 
 fn ok(out: &Output) {
@@ -239,4 +234,25 @@ fn update_status_reports_a_workload_not_answering_and_stop_removes_the_service()
         .read_file("/etc/systemd/system/llmd-decode.service")
         .is_none());
     assert_eq!(out.unit_status, Status::maintenance("stopped"));
+}
+
+#[test]
+fn upgrade_restarts_only_when_the_shipped_binary_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir);
+    let out = h.run(Event::Install, &state(true)).unwrap();
+    ok(&out);
+    // The same charm again: nothing to restart.
+    let out = h.run(Event::UpgradeCharm, &out.state).unwrap();
+    ok(&out);
+    assert_eq!(out.service("llmd-decode").unwrap().restarts, 0);
+    // A new workload binary in the charm: installed and restarted into.
+    let llmd = dir.path().join("bin/llmd");
+    let newer = support::FAKE_LLMD.replace("llmd 0.1.0", "llmd 0.2.0");
+    std::fs::write(&llmd, newer).unwrap();
+    let out = h.run(Event::UpgradeCharm, &out.state).unwrap();
+    ok(&out);
+    assert_eq!(out.state.app_version.as_deref(), Some("0.2.0"));
+    assert_eq!(out.service("llmd-decode").unwrap().restarts, 1);
+    assert!(out.service("llmd-decode").unwrap().active);
 }

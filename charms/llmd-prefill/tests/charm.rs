@@ -5,7 +5,7 @@
 #[path = "../../llmd-charm/tests/support.rs"]
 mod support;
 
-use juju_charm::testing::{Harness, Relation, State, Trigger};
+use juju_charm::testing::{Relation, State, Trigger};
 use juju_charm::{Event, Port, Status};
 
 const CHARM: &str = env!("CARGO_BIN_EXE_llmd-prefill-charm");
@@ -14,12 +14,7 @@ const CHARMCRAFT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charmcraft.yaml")
 #[test]
 fn prefill_opens_and_publishes_its_kv_port() {
     let dir = tempfile::tempdir().unwrap();
-    support::charm_dir(dir.path(), "llmd-prefill");
-    let h = Harness::new(CHARM)
-        .unwrap()
-        .charmcraft_yaml(CHARMCRAFT)
-        .unwrap()
-        .charm_dir(dir.path());
+    let h = support::harness(CHARM, CHARMCRAFT, dir.path(), "llmd-prefill");
     let st = State::default()
         .unit("llmd-prefill/1")
         .leader(false)
@@ -61,4 +56,40 @@ fn prefill_opens_and_publishes_its_kv_port() {
     assert!(out.succeeded(), "{}", out.stderr);
     assert_eq!(out.service("llmd-prefill").unwrap().restarts, 0);
     assert_ne!(out.unit_status, Status::unknown());
+}
+
+#[test]
+fn prefill_model_swap_good_and_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = support::harness(CHARM, CHARMCRAFT, dir.path(), "llmd-prefill");
+    let st = State::default()
+        .unit("llmd-prefill/0")
+        .leader(true)
+        .relation(
+            Relation::new("prefill-worker", "llmd_prefill")
+                .id(2)
+                .remote_app("llmd-scheduler"),
+        );
+    let out = h.run(Event::Install, &st).unwrap();
+    assert!(out.succeeded(), "{}", out.stderr);
+    let out = h
+        .run(
+            Event::ConfigChanged,
+            &out.state.clone().config("model-id", "/models/other.gguf"),
+        )
+        .unwrap();
+    assert!(out.succeeded(), "{}", out.stderr);
+    assert_eq!(out.local_unit_data("prefill-worker")["model"], "other");
+    assert_eq!(out.service("llmd-prefill").unwrap().restarts, 1);
+    let out = h
+        .run(
+            Event::ConfigChanged,
+            &out.state.clone().config("model-id", "hf:nobody/nothing"),
+        )
+        .unwrap();
+    assert_eq!(
+        out.unit_status,
+        Status::blocked("model-id hf:nobody/nothing: model source hf:nobody/nothing: no such file; still serving other")
+    );
+    assert_eq!(out.service("llmd-prefill").unwrap().restarts, 1);
 }

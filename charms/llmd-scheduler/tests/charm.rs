@@ -14,12 +14,7 @@ const CHARMCRAFT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charmcraft.yaml")
 const CONFIG: &str = "/etc/llmd/llmd-scheduler.yaml";
 
 fn harness(dir: &tempfile::TempDir) -> Harness {
-    support::charm_dir(dir.path(), "llmd-scheduler");
-    Harness::new(CHARM)
-        .unwrap()
-        .charmcraft_yaml(CHARMCRAFT)
-        .unwrap()
-        .charm_dir(dir.path())
+    support::harness(CHARM, CHARMCRAFT, dir.path(), "llmd-scheduler")
 }
 
 fn decode(units: &[(&str, &str)]) -> Relation {
@@ -165,4 +160,35 @@ fn worker_list_follows_relations_without_restarts() {
         out.unit_status,
         Status::blocked("routing-profile must be default or round-robin, not \"fastest\"")
     );
+}
+
+#[test]
+fn non_leader_update_status_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(&dir);
+    let st = State::default()
+        .unit("llmd-scheduler/1")
+        .leader(false)
+        .config("port", 1)
+        .relation(decode(&[("llmd-decode/0", "http://10.0.0.21:8000")]))
+        .relation(
+            Relation::new("metrics-endpoint", "prometheus_scrape")
+                .id(20)
+                .remote_app("prometheus"),
+        );
+    let out = h.run(Event::Install, &st).unwrap();
+    assert!(out.succeeded(), "{}", out.stderr);
+    // A non-leader publishes unit data only; app data is the leader's.
+    assert!(out.local_app_data("metrics-endpoint").is_empty());
+    assert!(!out.local_unit_data("metrics-endpoint").is_empty());
+    let out = h.run(Event::UpdateStatus, &out.state).unwrap();
+    assert_eq!(
+        out.unit_status,
+        Status::maintenance("scheduler not answering /health yet")
+    );
+    let out = h.run(Event::Remove, &out.state).unwrap();
+    assert!(out.succeeded(), "{}", out.stderr);
+    assert!(h
+        .read_file("/etc/systemd/system/llmd-scheduler.service")
+        .is_none());
 }
