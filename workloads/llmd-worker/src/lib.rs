@@ -89,8 +89,9 @@ pub struct WorkerConfig {
     pub max_body_bytes: u64,
     /// KV transfer port (prefill and both roles); 0 picks a free one.
     pub kv_port: Option<u16>,
-    /// Host the decode side should connect to for KV pulls (default: `host`, or 127.0.0.1
-    /// when `host` is a wildcard address).
+    /// This machine's address as others reach it: where decode workers pull KV from, and the
+    /// host in this worker's id (its KV event topic). Default: `host`, or 127.0.0.1 when
+    /// `host` is a wildcard address.
     pub kv_advertise_host: Option<String>,
     /// How long a decode worker's pull may take before it computes the prompt itself.
     pub kv_transfer_timeout: Duration,
@@ -179,7 +180,14 @@ pub async fn start(
         cfg.served_model_names.clone()
     };
     let advertise = advertised_host(&cfg.host);
-    let worker_id = format!("{advertise}:{}", http_addr.port());
+    // The id schedulers know this worker by (the host:port of its URL), which its KV events
+    // carry: behind a wildcard listen address only `--kv-host` (this machine's address, as
+    // the charm sets it) says what that is.
+    let id_host = cfg
+        .kv_advertise_host
+        .clone()
+        .unwrap_or_else(|| advertise.clone());
+    let worker_id = format!("{id_host}:{}", http_addr.port());
     let metrics = Arc::new(metrics::Metrics::new(&model_names[0], cfg.role.as_str())?);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 

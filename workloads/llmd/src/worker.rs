@@ -40,7 +40,9 @@ pub struct WorkerArgs {
     /// KV transfer port for prefill legs (prefill and both roles) [default: a free port]
     #[arg(long)]
     pub kv_port: Option<u16>,
-    /// Host decode workers should pull KV from [default: --host, or 127.0.0.1 for 0.0.0.0]
+    /// This machine's address as others reach it: where decode workers pull KV from, and
+    /// the host of this worker's id in its KV events [default: --host, or 127.0.0.1 for
+    /// 0.0.0.0]
     #[arg(long)]
     pub kv_host: Option<String>,
     /// Seconds a KV pull may take, and an unpulled export stays pinned [default: 30]

@@ -162,3 +162,55 @@ fn scores_follow_what_each_worker_caches() {
     assert_eq!(r.status().as_u16(), 400);
     score(&cm, &name, &p2);
 }
+
+/// A worker listening on every interface (as the charms run it) names itself in its KV
+/// events by `--kv-host`, the address schedulers reach it at, not by 127.0.0.1.
+#[test]
+fn a_wildcard_worker_is_indexed_under_its_kv_host() {
+    let Some((model, _)) = enabled() else { return };
+    let (cm, events) = start_cache_manager(&[]);
+    let (child, rx) = common::spawn_llmd(
+        &[
+            "worker",
+            "--model",
+            &model,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--kv-host",
+            "localhost",
+            "--threads",
+            "1",
+            "--kv-events-endpoint",
+            &events,
+        ],
+        "worker",
+    );
+    let addr = common::wait_line(&rx, "llmd worker: http://");
+    common::drain(rx);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let w = Worker {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        kv_port: None,
+    };
+    let name = model_name(&w);
+    let (st, v) = post(
+        &format!("http://127.0.0.1:{port}/v1/completions"),
+        &json!({"model": name, "prompt": SHARED, "max_tokens": 1}),
+    );
+    assert_eq!(st, 200, "{v}");
+    eventually("indexed as localhost", || {
+        let v: Value = client()
+            .get(format!("{}/v1/workers", cm.url))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let ok = v["workers"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["worker"] == format!("localhost:{port}")));
+        (ok, v.to_string())
+    });
+}
