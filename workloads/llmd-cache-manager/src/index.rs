@@ -89,15 +89,7 @@ pub struct IndexStats {
     pub evicted: u64,
 }
 
-/// One worker's standing for a prompt.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WorkerScore {
-    pub worker: String,
-    /// Consecutive leading blocks of the prompt the worker holds.
-    pub blocks: usize,
-    /// Those blocks weighted by medium, over the prompt's blocks (0 to 1).
-    pub score: f64,
-}
+pub use llmd_protocol::score::WorkerScore;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Scored {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use llmd_kvevents::{parse_topic, Received, Subscriber};
 use llmd_protocol::openai::ErrorResponse;
+use llmd_protocol::score::{ScoreRequest, ScoreResponse};
 use llmd_protocol::{EventBatch, KvEvent};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -389,20 +390,6 @@ async fn sweep(sh: &Shared) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScoreRequest {
-    model: String,
-    #[serde(default)]
-    token_ids: Option<Vec<u32>>,
-    #[serde(default)]
-    block_hashes: Option<Vec<u64>>,
-    #[serde(default)]
-    block_size: Option<usize>,
-    #[serde(default)]
-    workers: Option<Vec<String>>,
-}
-
 fn bad(msg: impl Into<String>, param: Option<&str>) -> warp::reply::Response {
     let e = ErrorResponse::invalid_request(msg, param);
     warp::reply::with_status(warp::reply::json(&e), StatusCode::BAD_REQUEST).into_response()
@@ -479,12 +466,12 @@ async fn score(sh: &Shared, body: &[u8], span: &tracing::Span) -> warp::reply::R
     // i64: tracing-opentelemetry exports u64 fields as strings.
     span.record("llmd.total_blocks", scored.total_blocks as i64);
     span.record("llmd.workers", scored.workers.len() as i64);
-    warp::reply::json(&serde_json::json!({
-        "model": req.model,
-        "block_size": scored.block_size,
-        "total_blocks": scored.total_blocks,
-        "workers": scored.workers,
-    }))
+    warp::reply::json(&ScoreResponse {
+        model: req.model,
+        block_size: scored.block_size,
+        total_blocks: scored.total_blocks,
+        workers: scored.workers,
+    })
     .into_response()
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use llmd_protocol::openai::{self, ErrorResponse};
+use llmd_protocol::score::{ScoreRequest, ScoreResponse};
 use serde_json::{json, Value};
 use tracing::Instrument;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
@@ -17,6 +18,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::pool::{ActiveGuard, Worker};
 use crate::routing::{self, Leg, RequestView, Scored};
+use crate::tokenize::ModelTokenizer;
 use crate::State;
 
 type Shared = Arc<State>;
@@ -153,10 +155,12 @@ impl Drop for Inflight {
 
 /// What the gateway learned from the body.
 struct Parsed {
-    model: Option<String>,
+    /// As named, or the one model the workers serve.
+    model: String,
     stream: bool,
-    /// Prompt tokens, when the model's tokenizer is known.
-    tokens: Option<Vec<u32>>,
+    /// Prompt tokens and the tokenizer that made them, when scoring wants them and the
+    /// model's tokenizer is known.
+    prompt: Option<(Vec<u32>, Arc<ModelTokenizer>)>,
 }
 
 async fn handle(s: Shared, api: Api, headers: HeaderMap, body: Bytes) -> warp::reply::Response {
@@ -206,24 +210,19 @@ async fn handle_inner(
     s.metrics.inflight.inc();
     let guard = Inflight(s.clone());
     let live = s.live();
-    let parsed = parse(
-        s,
-        api,
-        &body,
-        live.profiles.needs_prefix() || has_prefill(s),
-    )?;
+    // One snapshot of the pool for the whole decision.
     let workers = s.pool.workers();
-    let model = match parsed.model.clone() {
-        Some(m) => m,
-        None => only_model(&workers)?,
-    };
+    let want_tokens =
+        live.profiles.needs_prefix() || workers.iter().any(|w| w.role == crate::Role::Prefill);
+    let parsed = parse(s, &workers, api, &body, want_tokens)?;
+    let model = parsed.model.clone();
     if !workers.iter().any(|w| w.serves(&model)) {
         return Err(ErrorResponse::model_not_found(&model));
     }
     let route_span = tracing::info_span!(
         "route",
         llmd.model = %model,
-        llmd.prompt_tokens = parsed.tokens.as_ref().map(|t| t.len() as i64),
+        llmd.prompt_tokens = parsed.prompt.as_ref().map(|(t, _)| t.len() as i64),
         llmd.cached_blocks = tracing::field::Empty,
         llmd.path = tracing::field::Empty,
     );
@@ -232,7 +231,10 @@ async fn handle_inner(
         &live,
         &workers,
         &model,
-        parsed.tokens.as_deref(),
+        parsed
+            .prompt
+            .as_ref()
+            .map(|(t, tok)| (t.as_slice(), &**tok)),
         headers,
     )
     .instrument(route_span.clone())
@@ -306,7 +308,7 @@ async fn handle_inner(
             .with_label_values(&[&path_label])
             .observe(start.elapsed().as_secs_f64());
         // A span's end is its last exit: the leg ends once its answer is read.
-        leg.in_scope(|| {});
+        llmd_telemetry::end_now(&leg);
         drop((guard, active, leg));
         let mut r = warp::reply::Response::new(bytes.into());
         *r.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -325,13 +327,6 @@ async fn handle_inner(
     Ok(res)
 }
 
-fn has_prefill(s: &State) -> bool {
-    s.pool
-        .workers()
-        .iter()
-        .any(|w| w.role == crate::Role::Prefill)
-}
-
 fn parse_err(e: serde_json::Error) -> ErrorResponse {
     if e.is_syntax() || e.is_eof() {
         ErrorResponse::invalid_request(format!("the body is not valid JSON: {e}"), None)
@@ -342,50 +337,59 @@ fn parse_err(e: serde_json::Error) -> ErrorResponse {
 
 /// Checks the request as the workers will (so that bad input is refused here, once) and
 /// tokenizes it when scoring needs the tokens.
-fn parse(s: &State, api: Api, body: &[u8], want_tokens: bool) -> Result<Parsed, ErrorResponse> {
+fn parse(
+    s: &State,
+    workers: &[Arc<Worker>],
+    api: Api,
+    body: &[u8],
+    want_tokens: bool,
+) -> Result<Parsed, ErrorResponse> {
     match api {
         Api::Chat => {
             let req: openai::ChatCompletionRequest =
                 serde_json::from_slice(body).map_err(parse_err)?;
             req.validate()?;
-            let tokens = tokens_for(s, req.model.as_deref(), want_tokens, |t| {
-                t.chat_tokens(&req)
-            });
+            let model = resolve_model(workers, req.model.as_deref())?;
+            let prompt = want_tokens
+                .then(|| tokenize_prompt(s, &model, |t| t.chat_tokens(&req)))
+                .flatten();
             Ok(Parsed {
-                model: req.model.clone(),
+                model,
                 stream: req.is_stream(),
-                tokens,
+                prompt,
             })
         }
         Api::Completions => {
             let req: openai::CompletionRequest = serde_json::from_slice(body).map_err(parse_err)?;
             req.validate()?;
-            let tokens = tokens_for(s, req.model.as_deref(), want_tokens, |t| {
-                t.completion_tokens(&req)
-            });
+            let model = resolve_model(workers, req.model.as_deref())?;
+            let prompt = want_tokens
+                .then(|| tokenize_prompt(s, &model, |t| t.completion_tokens(&req)))
+                .flatten();
             Ok(Parsed {
-                model: req.model.clone(),
+                model,
                 stream: req.is_stream(),
-                tokens,
+                prompt,
             })
         }
     }
 }
 
-fn tokens_for(
-    s: &State,
-    model: Option<&str>,
-    want: bool,
-    f: impl FnOnce(&crate::tokenize::ModelTokenizer) -> Result<Vec<u32>, crate::SchedulerError>,
-) -> Option<Vec<u32>> {
-    if !want {
-        return None;
+fn resolve_model(workers: &[Arc<Worker>], named: Option<&str>) -> Result<String, ErrorResponse> {
+    match named {
+        Some(m) => Ok(m.to_string()),
+        None => only_model(workers),
     }
-    let model = match model {
-        Some(m) => m.to_string(),
-        None => only_model(&s.pool.workers()).ok()?,
-    };
-    let Some(tok) = s.pool.tokenizer(&model) else {
+}
+
+/// The prompt's tokens with the model's tokenizer; `None` (counted, or left to the worker to
+/// refuse precisely) when they cannot be had.
+fn tokenize_prompt(
+    s: &State,
+    model: &str,
+    f: impl FnOnce(&ModelTokenizer) -> Result<Vec<u32>, crate::SchedulerError>,
+) -> Option<(Vec<u32>, Arc<ModelTokenizer>)> {
+    let Some(tok) = s.pool.tokenizer(model) else {
         s.metrics
             .fallbacks
             .with_label_values(&["no_tokenizer"])
@@ -393,9 +397,8 @@ fn tokens_for(
         return None;
     };
     match f(&tok) {
-        Ok(t) => Some(t),
+        Ok(t) => Some((t, tok)),
         Err(e) => {
-            // The worker will answer the client with the precise error.
             tracing::debug!(error = %e, "cannot tokenize; routing on load");
             None
         }
@@ -493,14 +496,14 @@ async fn decide(
     live: &crate::Live,
     workers: &[Arc<Worker>],
     model: &str,
-    tokens: Option<&[u32]>,
+    prompt: Option<(&[u32], &ModelTokenizer)>,
     headers: &HeaderMap,
 ) -> Result<Plan, ErrorResponse> {
     let profiles = &live.profiles;
-    let tok = s.pool.tokenizer(model);
-    let (keys, block_size) = match (tokens, &tok) {
-        (Some(t), Some(tk)) => (tk.keys(t), tk.block_size),
-        _ => (Vec::new(), llmd_protocol::DEFAULT_BLOCK_SIZE),
+    let tokens = prompt.map(|(t, _)| t);
+    let (keys, block_size) = match prompt {
+        Some((t, tk)) => (tk.keys(t), tk.block_size),
+        None => (Vec::new(), llmd_protocol::DEFAULT_BLOCK_SIZE),
     };
     let mut cache_manager_ok = None;
     let precise = match (&live.score_url, keys.is_empty()) {
@@ -599,7 +602,12 @@ async fn precise_scores(
     let r = s
         .http
         .post(score_url.clone())
-        .json(&json!({"model": model, "block_hashes": keys, "block_size": block_size}))
+        .json(&ScoreRequest {
+            model: model.to_string(),
+            block_hashes: Some(keys.to_vec()),
+            block_size: Some(block_size),
+            ..Default::default()
+        })
         .timeout(s.cfg.cache_manager_timeout)
         .send()
         .await;
@@ -609,7 +617,7 @@ async fn precise_scores(
         Err(e) if e.is_timeout() => return fail("timeout"),
         Err(_) => return fail("connect"),
     };
-    let v: Value = match tokio::time::timeout(s.cfg.cache_manager_timeout, r.json()).await {
+    let v: ScoreResponse = match tokio::time::timeout(s.cfg.cache_manager_timeout, r.json()).await {
         Ok(Ok(v)) => v,
         Ok(Err(_)) => return fail("decode"),
         Err(_) => return fail("timeout"),
@@ -617,13 +625,12 @@ async fn precise_scores(
     s.metrics
         .cache_manager_seconds
         .observe(t.elapsed().as_secs_f64());
-    let mut out = HashMap::new();
-    for w in v["workers"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(b)) = (w["worker"].as_str(), w["blocks"].as_u64()) {
-            out.insert(id.to_string(), b as usize);
-        }
-    }
-    Some(out)
+    Some(
+        v.workers
+            .into_iter()
+            .map(|w| (w.worker, w.blocks))
+            .collect(),
+    )
 }
 
 /// Headers passed on to the workers.
@@ -855,8 +862,8 @@ fn relay_stream(
             .observe(start.elapsed().as_secs_f64());
         // A span's end is its last exit (tracing-opentelemetry): touch both now.
         let (_, (leg, req)) = _guards;
-        leg.in_scope(|| {});
-        req.in_scope(|| {});
+        llmd_telemetry::end_now(&leg);
+        llmd_telemetry::end_now(&req);
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         let data = rx.recv().await?;

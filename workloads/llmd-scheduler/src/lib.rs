@@ -169,18 +169,14 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningScheduler, SchedulerError> {
     let (workers, live) = load(&cfg)?;
+    let bind_err = |source| SchedulerError::Bind {
+        addr: format!("{}:{}", cfg.host, cfg.port),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
-        .map_err(|source| SchedulerError::Bind {
-            addr: format!("{}:{}", cfg.host, cfg.port),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| SchedulerError::Bind {
-            addr: format!("{}:{}", cfg.host, cfg.port),
-            source,
-        })?;
+        .map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))

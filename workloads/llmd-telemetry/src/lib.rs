@@ -262,6 +262,13 @@ pub fn span_context(span: &tracing::Span) -> Context {
     span.context()
 }
 
+/// Marks `span` as ending now. tracing-opentelemetry ends a span at its last *exit*, not
+/// when its last handle drops, so a span that outlives its last poll (a streamed answer
+/// relayed after the handler returned) must be entered once more when its work ends.
+pub fn end_now(span: &tracing::Span) {
+    drop(span.enter());
+}
+
 /// The global OpenTelemetry tracer (a no-op one without an endpoint), for spans built with
 /// explicit start and end times.
 pub fn tracer() -> opentelemetry::global::BoxedTracer {

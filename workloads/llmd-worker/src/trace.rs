@@ -134,7 +134,7 @@ impl Drop for RequestTrace {
         // tracing-opentelemetry ends a span at its last exit, which for a streamed answer is
         // when the handler returned; entering it once more moves the end to now, when the
         // stream ends or the client has gone.
-        drop(self.span.enter());
+        llmd_telemetry::end_now(&self.span);
     }
 }
 

@@ -126,13 +126,8 @@ pub fn post(url: &str, body: &Value) -> (u16, Value) {
 
 /// One metric's value from a worker's /metrics (summing over label sets matching `labels`).
 pub fn metric(w: &Worker, name: &str, labels: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", w.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
+    metrics_text(&w.url)
+        .lines()
         .filter(|l| {
             l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
         })
@@ -218,12 +213,10 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> (bool, String)) {
     }
 }
 
-/// A metric's value in Prometheus text, summed over its label sets (0 if absent).
+/// A metric's value in Prometheus text, summed over its label sets (0 if absent): the
+/// scheduler's own reading of worker metrics.
 pub fn sum_metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    llmd_scheduler::pool::sum_metric(text, name).unwrap_or(0.0)
 }
 
 /// tests/py/otlp_receiver.py: the OTLP receiver process and the file it appends spans to.
