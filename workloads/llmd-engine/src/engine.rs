@@ -14,7 +14,7 @@ use llmd_tokenizer::{GgufVocab, Tokenizer};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::{BlockAllocator, KvCache, KvCacheSize, KvLayout};
-use crate::model::{BatchSeq, Model};
+use crate::model::{BatchSeq, LoadOptions, Model};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// Tokens per KV block unless configured otherwise (llm-d and vLLM use 16 too).
@@ -28,6 +28,7 @@ pub struct EngineOptions {
     pub block_size: usize,
     /// `None`: room for one sequence at the model's full context.
     pub kv_cache: Option<KvCacheSize>,
+    /// Where [`Engine::load`] puts the model (the KV pool always sits with the model).
     pub device: Device,
 }
 
@@ -88,7 +89,7 @@ pub struct Engine {
     blocks: Mutex<BlockAllocator>,
 }
 
-fn gguf_vocab(md: &std::collections::HashMap<String, gguf_file::Value>) -> GgufVocab {
+pub(crate) fn gguf_vocab(md: &std::collections::HashMap<String, gguf_file::Value>) -> GgufVocab {
     let s = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
     let u = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
     let b = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
@@ -152,8 +153,17 @@ pub fn model_fingerprint(resolved: &ResolvedModel, cfg: &ModelConfig) -> String 
 
 /// Reads a model and its tokenizer from a resolved source.
 pub fn load_model(resolved: &ResolvedModel, device: &Device) -> Result<(Model, Tokenizer)> {
+    load_model_with(resolved, device, &LoadOptions::default())
+}
+
+/// [`load_model`] with a weight dtype or the device-generic ops chosen.
+pub fn load_model_with(
+    resolved: &ResolvedModel,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(Model, Tokenizer)> {
     match &resolved.format {
-        ModelFormat::Gguf { file } => load_gguf(file, device),
+        ModelFormat::Gguf { file } => load_gguf_with(file, device, opts),
         ModelFormat::Safetensors {
             config,
             tokenizer,
@@ -168,13 +178,21 @@ pub fn load_model(resolved: &ResolvedModel, device: &Device) -> Result<(Model, T
                 tokenizer_config.as_deref(),
                 generation_config.as_deref(),
             )?;
-            let model = Model::from_safetensors(cfg, shards, device)?;
+            let model = Model::from_safetensors(cfg, shards, device, opts)?;
             Ok((model, tok))
         }
     }
 }
 
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(Model, Tokenizer)> {
+    load_gguf_with(path, device, &LoadOptions::default())
+}
+
+pub fn load_gguf_with(
+    path: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(Model, Tokenizer)> {
     let mut f = File::open(path).map_err(|source| EngineError::Io {
         path: path.to_path_buf(),
         source,
@@ -196,7 +214,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Model, Tokenizer)> {
             "tokenizer larger than the model's vocabulary"
         );
     }
-    let model = Model::from_gguf(&content, path, device)?;
+    let model = Model::from_gguf(&content, path, device, opts)?;
     Ok((model, tok))
 }
 
@@ -217,7 +235,7 @@ impl Engine {
             cfg.max_position_embeddings.div_ceil(opts.block_size.max(1)),
         ));
         let layout = KvLayout::new(cfg, opts.block_size, size, DType::F32)?;
-        let cache = KvCache::new(layout, &opts.device)?;
+        let cache = KvCache::new(layout, model.device())?;
         tracing::info!(
             blocks = layout.num_blocks,
             block_size = layout.block_size,

@@ -17,6 +17,9 @@ pub enum EngineError {
     /// The request cannot be served as asked (too long, bad sampling parameters).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The requested device cannot be used (unknown, not built in, or absent).
+    #[error("device: {0}")]
+    Device(String),
     /// The KV cache has too few blocks for this sequence.
     #[error("KV cache exhausted: {0}")]
     KvCacheFull(String),

@@ -160,35 +160,60 @@ impl KvCache {
 }
 
 impl KvCache {
-    /// The K/V of `blocks` as bytes, block-major: for each block, for each layer, K then V
-    /// (`[block_size, kv_heads, head_dim]` little-endian values of the pool's dtype).
-    pub fn read_blocks(&self, blocks: &[u32]) -> Result<Vec<u8>> {
+    /// The pool slots of `blocks`, in order, as an index tensor on the pool's device.
+    fn slot_index(&self, blocks: &[u32]) -> Result<Tensor> {
         let bs = self.layout.block_size;
-        let mut out = Vec::with_capacity(blocks.len() * self.layout.bytes_per_block());
+        let mut slots = Vec::with_capacity(blocks.len() * bs);
         for &b in blocks {
             self.check_block(b)?;
-            for l in 0..self.layout.num_layers {
-                for pool in [&self.k[l], &self.v[l]] {
-                    let part = pool.narrow(0, b as usize * bs, bs)?.flatten_all()?;
-                    match self.layout.dtype {
-                        DType::F32 => {
-                            for x in part.to_vec1::<f32>()? {
-                                out.extend_from_slice(&x.to_le_bytes());
-                            }
-                        }
-                        other => {
-                            return Err(EngineError::InvalidRequest(format!(
-                                "KV export of {other:?} pools"
-                            )));
-                        }
-                    }
-                }
+            slots.extend((0..bs as u32).map(|i| b * bs as u32 + i));
+        }
+        let device = self
+            .k
+            .first()
+            .map(|t| t.device().clone())
+            .unwrap_or(Device::Cpu);
+        Ok(Tensor::from_vec(slots, blocks.len() * bs, &device)?)
+    }
+
+    /// The K/V of `blocks` as bytes, block-major: for each block, for each layer, K then V
+    /// (`[block_size, kv_heads, head_dim]` little-endian values of the pool's dtype).
+    /// The blocks are gathered on the pool's device, so a GPU pool is copied to the host
+    /// once per call, not once per block and layer.
+    pub fn read_blocks(&self, blocks: &[u32]) -> Result<Vec<u8>> {
+        if self.layout.dtype != DType::F32 {
+            return Err(EngineError::InvalidRequest(format!(
+                "KV export of {:?} pools",
+                self.layout.dtype
+            )));
+        }
+        if blocks.is_empty() || self.layout.num_layers == 0 {
+            return Ok(Vec::new());
+        }
+        let idx = self.slot_index(blocks)?;
+        let (n, part) = (blocks.len(), self.part_len());
+        let mut parts = Vec::with_capacity(2 * self.layout.num_layers);
+        for l in 0..self.layout.num_layers {
+            for pool in [&self.k[l], &self.v[l]] {
+                parts.push(pool.index_select(&idx, 0)?.reshape((n, 1, part))?);
             }
+        }
+        // [blocks, 2 * layers, part]: block-major, then layer, then K before V.
+        let all = Tensor::cat(&parts, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(all.len() * 4);
+        for x in all {
+            out.extend_from_slice(&x.to_le_bytes());
         }
         Ok(out)
     }
 
-    /// Writes bytes laid out as [`read_blocks`](Self::read_blocks) gives them into `blocks`.
+    /// Values per block per layer per K or V.
+    fn part_len(&self) -> usize {
+        self.layout.block_size * self.layout.num_kv_heads * self.layout.head_dim
+    }
+
+    /// Writes bytes laid out as [`read_blocks`](Self::read_blocks) gives them into `blocks`,
+    /// copying them to the pool's device once.
     pub fn write_blocks(&self, blocks: &[u32], data: &[u8]) -> Result<()> {
         let per = self.layout.bytes_per_block();
         if data.len() != per * blocks.len() {
@@ -203,25 +228,31 @@ impl KvCache {
                 "KV import into a non-f32 pool".into(),
             ));
         }
+        for &b in blocks {
+            self.check_block(b)?;
+        }
+        if blocks.is_empty() || self.layout.num_layers == 0 {
+            return Ok(());
+        }
         let (bs, kvh, d) = (
             self.layout.block_size,
             self.layout.num_kv_heads,
             self.layout.head_dim,
         );
-        let part_bytes = bs * kvh * d * 4;
-        let mut chunks = data.chunks_exact(part_bytes);
-        for &b in blocks {
-            self.check_block(b)?;
+        let vals: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let device = self.k[0].device();
+        let all = Tensor::from_vec(
+            vals,
+            (blocks.len(), 2 * self.layout.num_layers, bs, kvh, d),
+            device,
+        )?;
+        for (i, &b) in blocks.iter().enumerate() {
             for l in 0..self.layout.num_layers {
-                for pool in [&self.k[l], &self.v[l]] {
-                    let bytes = chunks.next().ok_or_else(|| {
-                        EngineError::InvalidRequest("KV import: short data".into())
-                    })?;
-                    let vals: Vec<f32> = bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    let t = Tensor::from_vec(vals, (bs, kvh, d), pool.device())?;
+                for (j, pool) in [&self.k[l], &self.v[l]].into_iter().enumerate() {
+                    let t = all.get(i)?.get(2 * l + j)?;
                     pool.slice_set(&t, 0, b as usize * bs)?;
                 }
             }

@@ -15,14 +15,27 @@ use crate::error::{EngineError, Result};
 use crate::kv::KvCache;
 use crate::ops::{AttnSeq, PagedAttentionOp, QMatMulOp, RopeFreqs, RopeOp, RopeTable, SiluMulOp};
 
+/// How a model is loaded beyond its source and device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Dtype of float (non-quantized) weight matrices. `None`: f32 on CPU and for GGUF
+    /// (whose float tensors are dequantized exactly); on CUDA, a safetensors checkpoint's own
+    /// dtype (f16/bf16 halve the memory and use the tensor cores).
+    pub dtype: Option<DType>,
+    /// Runs the device-generic ops (candle's, as on CUDA) even on CPU, so that the GPU path's
+    /// logic can be tested on a machine without a GPU. Slower than the CPU kernels.
+    pub generic_ops: bool,
+}
+
 /// A weight matrix `[out, in]` and how it is multiplied.
 #[derive(Clone)]
 enum Linear {
     /// GGML Q4_0/Q4_1/Q8_0 on CPU: our SIMD kernels.
     Quant(Arc<QMatrix>),
-    /// Other GGML formats (K-quants…): candle's quantized matmul.
+    /// Other GGML formats (K-quants…), and every GGML format on CUDA: candle's quantized
+    /// matmul.
     CandleQ(QMatMul),
-    /// Float weights, `[out, in]`.
+    /// Float weights, `[out, in]`; f32 on CPU, possibly f16/bf16 on CUDA.
     Dense(Tensor),
 }
 
@@ -31,7 +44,13 @@ impl Linear {
         Ok(match self {
             Self::Quant(w) => x.contiguous()?.apply_op1_no_bwd(&QMatMulOp(w.clone()))?,
             Self::CandleQ(m) => m.forward(x)?,
-            Self::Dense(w) => x.matmul(&w.t()?)?,
+            Self::Dense(w) if w.dtype() == x.dtype() => x.matmul(&w.t()?)?,
+            // Half-precision weights: the matmul runs in their dtype, activations (norms,
+            // residual stream, attention, KV) stay f32.
+            Self::Dense(w) => x
+                .to_dtype(w.dtype())?
+                .matmul(&w.t()?)?
+                .to_dtype(x.dtype())?,
         })
     }
 }
@@ -86,6 +105,8 @@ pub struct BatchSeq<'a> {
 pub struct Model {
     cfg: ModelConfig,
     device: Device,
+    /// candle's device-generic ops instead of our CPU kernels (always on CUDA).
+    generic: bool,
     embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -108,6 +129,9 @@ struct GgufReader<'a> {
     file: File,
     path: &'a Path,
     device: Device,
+    generic: bool,
+    /// Dtype of dense (float) matrices.
+    dtype: DType,
 }
 
 impl GgufReader<'_> {
@@ -173,13 +197,15 @@ impl GgufReader<'_> {
         cols: usize,
         bytes: Vec<u8>,
     ) -> Result<Linear> {
-        match (fast_qtype(dtype), self.device.is_cpu()) {
-            (Some(qt), true) => Ok(Linear::Quant(Arc::new(QMatrix::from_ggml_bytes(
+        match (fast_qtype(dtype), self.generic) {
+            (Some(qt), false) => Ok(Linear::Quant(Arc::new(QMatrix::from_ggml_bytes(
                 qt, rows, cols, bytes,
             )?))),
             _ if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 let q = self.qtensor(dtype, rows, cols, bytes)?;
-                Ok(Linear::Dense(q.dequantize(&self.device)?))
+                Ok(Linear::Dense(
+                    q.dequantize(&self.device)?.to_dtype(self.dtype)?,
+                ))
             }
             _ => {
                 let q = self.qtensor(dtype, rows, cols, bytes)?;
@@ -251,10 +277,41 @@ fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     f
 }
 
+/// Whether to run candle's generic ops, and the checked dtype of dense weights (`native`:
+/// the checkpoint's own, the default on CUDA).
+fn placement(device: &Device, opts: &LoadOptions, native: DType) -> Result<(bool, DType)> {
+    let generic = opts.generic_ops || !device.is_cpu();
+    let dtype = match opts.dtype {
+        Some(d @ (DType::F32 | DType::F16 | DType::BF16)) => d,
+        Some(d) => {
+            return Err(EngineError::InvalidRequest(format!(
+                "weight dtype {d:?} (choose f32, f16 or bf16)"
+            )))
+        }
+        None if device.is_cpu() => DType::F32,
+        None => native,
+    };
+    // Our CPU kernels are f32: half-precision weights would be widened anyway.
+    if !generic && dtype != DType::F32 {
+        return Err(EngineError::InvalidRequest(format!(
+            "{dtype:?} weights run on CUDA only; the CPU computes in f32"
+        )));
+    }
+    Ok((generic, dtype))
+}
+
 impl Model {
     /// Loads a GGUF file whose header has already been read.
-    pub fn from_gguf(content: &gguf_file::Content, path: &Path, device: &Device) -> Result<Self> {
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        path: &Path,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let cfg = ModelConfig::from_gguf(&content.metadata, path)?;
+        // GGUF float tensors (norms, embeddings of quantized models) dequantize to f32
+        // exactly, so f32 stays the default there on every device.
+        let (generic, dtype) = placement(device, opts, DType::F32)?;
         let file = File::open(path).map_err(|source| EngineError::Io {
             path: path.to_path_buf(),
             source,
@@ -264,6 +321,8 @@ impl Model {
             file,
             path,
             device: device.clone(),
+            generic,
+            dtype,
         };
         let (edt, erows, ecols, ebytes) = r.raw("token_embd.weight")?;
         if ecols != cfg.hidden_size || erows < cfg.vocab_size {
@@ -272,16 +331,18 @@ impl Model {
                 cfg.vocab_size, cfg.hidden_size
             )));
         }
-        let embed =
-            match fast_qtype(edt) {
-                Some(qt) if device.is_cpu() => Embedding::Quant(Arc::new(
-                    QMatrix::from_ggml_bytes(qt, erows, ecols, ebytes.clone())?,
-                )),
-                _ => {
-                    let q = r.qtensor(edt, erows, ecols, ebytes.clone())?;
-                    Embedding::Dense(q.dequantize(device)?)
-                }
-            };
+        let embed = match fast_qtype(edt) {
+            Some(qt) if !generic => Embedding::Quant(Arc::new(QMatrix::from_ggml_bytes(
+                qt,
+                erows,
+                ecols,
+                ebytes.clone(),
+            )?)),
+            _ => {
+                let q = r.qtensor(edt, erows, ecols, ebytes.clone())?;
+                Embedding::Dense(q.dequantize(device)?.to_dtype(dtype)?)
+            }
+        };
         let lm_head = if r.has("output.weight") {
             r.linear("output.weight")?
         } else {
@@ -324,6 +385,7 @@ impl Model {
         let model = Self {
             cfg,
             device: device.clone(),
+            generic,
             embed,
             layers,
             norm,
@@ -334,20 +396,32 @@ impl Model {
         Ok(model)
     }
 
-    /// Loads Hugging Face safetensors (sharded or not); weights become f32 on CPU.
+    /// Loads Hugging Face safetensors (sharded or not); weights become f32 on CPU, and keep
+    /// their dtype on CUDA unless `opts.dtype` says otherwise.
     pub fn from_safetensors(
         cfg: ModelConfig,
         shards: &[std::path::PathBuf],
         device: &Device,
+        opts: &LoadOptions,
     ) -> Result<Self> {
         // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on
         // nobody truncating the model files while they are being read at load time.
         #[allow(unsafe_code)]
-        let vb =
-            unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(shards, DType::F32, device)? };
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(shards)? };
+        let native = match st.get("model.embed_tokens.weight").map(|t| t.dtype()) {
+            Ok(safetensors::Dtype::F16) => DType::F16,
+            Ok(safetensors::Dtype::BF16) => DType::BF16,
+            _ => DType::F32,
+        };
+        let (generic, dtype) = placement(device, opts, native)?;
+        let vb = candle_nn::VarBuilder::from_backend(Box::new(st), dtype, device.clone());
         let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
             vb.get(shape, name)
                 .map_err(|e| EngineError::Weights(format!("`{name}`: {e}")))
+        };
+        // Norm weights and biases join f32 activations.
+        let get32 = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            Ok(get(name, shape)?.to_dtype(DType::F32)?)
         };
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (qn, kvn, inter) = (
@@ -370,9 +444,9 @@ impl Model {
             let bias = if cfg.architecture.has_qkv_bias() {
                 Some(Tensor::cat(
                     &[
-                        get(&p("self_attn.q_proj.bias"), &[qn])?,
-                        get(&p("self_attn.k_proj.bias"), &[kvn])?,
-                        get(&p("self_attn.v_proj.bias"), &[kvn])?,
+                        get32(&p("self_attn.q_proj.bias"), &[qn])?,
+                        get32(&p("self_attn.k_proj.bias"), &[kvn])?,
+                        get32(&p("self_attn.v_proj.bias"), &[kvn])?,
                     ],
                     0,
                 )?)
@@ -382,14 +456,14 @@ impl Model {
             let gate = get(&p("mlp.gate_proj.weight"), &[inter, h])?;
             let up = get(&p("mlp.up_proj.weight"), &[inter, h])?;
             layers.push(Layer {
-                attn_norm: get(&p("input_layernorm.weight"), &[h])?,
+                attn_norm: get32(&p("input_layernorm.weight"), &[h])?,
                 qkv: Fused {
                     linear: Linear::Dense(Tensor::cat(&[q, k, v], 0)?),
                     bias,
                     splits: vec![qn, kvn, kvn],
                 },
                 o: Linear::Dense(get(&p("self_attn.o_proj.weight"), &[h, qn])?),
-                ffn_norm: get(&p("post_attention_layernorm.weight"), &[h])?,
+                ffn_norm: get32(&p("post_attention_layernorm.weight"), &[h])?,
                 gate_up: Fused {
                     linear: Linear::Dense(Tensor::cat(&[gate, up], 0)?),
                     bias: None,
@@ -403,9 +477,10 @@ impl Model {
             style: RopeStyle::Halves,
         });
         let model = Self {
-            norm: get("model.norm.weight", &[h])?,
+            norm: get32("model.norm.weight", &[h])?,
             cfg,
             device: device.clone(),
+            generic,
             embed: Embedding::Dense(embed_w),
             layers,
             lm_head,
@@ -453,7 +528,7 @@ impl Model {
             }
             Embedding::Dense(w) => {
                 let ids = Tensor::new(ids, &self.device)?;
-                Ok(w.index_select(&ids, 0)?)
+                Ok(w.index_select(&ids, 0)?.to_dtype(DType::F32)?)
             }
         }
     }
@@ -519,11 +594,31 @@ impl Model {
             block_size: bs,
             scale: 1.0 / (hd as f32).sqrt(),
         };
+        // The generic path takes cos/sin as tensors on the device, once per pass.
+        let rope_cs = if self.generic {
+            Some(rope_table.to_tensors(&self.device)?)
+        } else {
+            None
+        };
         let rope = |x: Tensor| -> Result<Tensor> {
-            Ok(x.contiguous()?.apply_op1_no_bwd(&RopeOp {
-                style: self.rope.style,
-                table: rope_table.clone(),
-            })?)
+            let x = x.contiguous()?;
+            match &rope_cs {
+                None => Ok(x.apply_op1_no_bwd(&RopeOp {
+                    style: self.rope.style,
+                    table: rope_table.clone(),
+                })?),
+                Some((cos, sin)) => {
+                    // candle's kernels take [batch, heads, seq, dim] with per-batch cos/sin:
+                    // each token is its own batch entry at its own position.
+                    let (t, h, d) = x.dims3()?;
+                    let x = x.reshape((t, h, 1, d))?;
+                    let y = match self.rope.style {
+                        RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
+                        RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, cos, sin)?,
+                    };
+                    Ok(y.reshape((t, h, d))?)
+                }
+            }
         };
         let eps = c.rms_norm_eps as f32;
         let mut x = self.embed(&ids)?;
@@ -545,10 +640,14 @@ impl Model {
                     s.block_table,
                 )?;
             }
-            let y = q.apply_op3_no_bwd(&cache.k[li], &cache.v[li], &attn_op)?;
+            let y = if self.generic {
+                generic_attention(&q, &cache.k[li], &cache.v[li], &attn_op)?
+            } else {
+                q.apply_op3_no_bwd(&cache.k[li], &cache.v[li], &attn_op)?
+            };
             x = (x + layer.o.forward(&y.reshape((t, nh * hd))?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let act = if self.device.is_cpu() && layer.gate_up.bias.is_none() {
+            let act = if !self.generic && layer.gate_up.bias.is_none() {
                 layer
                     .gate_up
                     .linear
@@ -568,4 +667,128 @@ impl Model {
         let logits = self.lm_head.forward(&last)?;
         Ok(logits.narrow(1, 0, c.vocab_size)?)
     }
+}
+
+/// Slot of position `pos` in the pool, through a block table.
+fn slot(table: &[u32], block_size: usize, pos: usize) -> u32 {
+    table[pos / block_size] * block_size as u32 + (pos % block_size) as u32
+}
+
+/// Paged attention from candle's ops, for devices without our CPU kernel (CUDA): each
+/// sequence's K/V rows are gathered from the pool by slot, then masked softmax attention runs
+/// as batched matmuls. Decodes (one query each) go in one batch, keys padded to the longest
+/// context and masked; prompt chunks go one sequence at a time. GQA needs no repeated K/V:
+/// the query heads of a KV head are laid out as extra rows against it.
+/// `q`: `[tokens, heads, head_dim]`; pools: `[slots, kv_heads, head_dim]`.
+fn generic_attention(
+    q: &Tensor,
+    kc: &Tensor,
+    vc: &Tensor,
+    op: &PagedAttentionOp,
+) -> Result<Tensor> {
+    let (h, kvh, d, bs) = (op.num_heads, op.num_kv_heads, op.head_dim, op.block_size);
+    let rep = h / kvh.max(1);
+    let dev = q.device();
+    let scale = op.scale as f64;
+    // Out-of-range slots would read outside the pool on the device: check them here, as the
+    // CPU kernel does.
+    let pool_blocks = kc.dim(0)? / bs.max(1);
+    for s in op.seqs.iter() {
+        let blocks = (s.start_pos + s.q_len).div_ceil(bs.max(1));
+        if blocks > s.block_table.len() {
+            return Err(EngineError::KvCacheFull(
+                "attention: block table too short for the sequence".into(),
+            ));
+        }
+        if s.block_table[..blocks]
+            .iter()
+            .any(|&b| b as usize >= pool_blocks)
+        {
+            return Err(EngineError::KvCacheFull(
+                "attention: block id beyond the pool".into(),
+            ));
+        }
+    }
+    let gather = |slots: Vec<u32>, rows: usize, ctx: usize| -> Result<(Tensor, Tensor)> {
+        let idx = Tensor::from_vec(slots, rows * ctx, dev)?;
+        // [rows, kv_heads, ctx, head_dim]
+        let take = |pool: &Tensor| -> Result<Tensor> {
+            Ok(pool
+                .index_select(&idx, 0)?
+                .reshape((rows, ctx, kvh, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        Ok((take(kc)?, take(vc)?))
+    };
+    let decodes: Vec<&AttnSeq> = op.seqs.iter().filter(|s| s.q_len == 1).collect();
+    let decoded = if decodes.is_empty() {
+        None
+    } else {
+        let n = decodes.len();
+        let max_ctx = decodes.iter().map(|s| s.start_pos + 1).max().unwrap_or(1);
+        let mut slots = Vec::with_capacity(n * max_ctx);
+        let mut mask = Vec::with_capacity(n * max_ctx);
+        let mut rows = Vec::with_capacity(n);
+        for s in &decodes {
+            rows.push(s.q_start as u32);
+            for j in 0..max_ctx {
+                let live = j <= s.start_pos;
+                // Padding reads slot 0 and is masked out.
+                slots.push(if live { slot(&s.block_table, bs, j) } else { 0 });
+                mask.push(if live { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        let (k, v) = gather(slots, n, max_ctx)?;
+        let rows = Tensor::from_vec(rows, n, dev)?;
+        let qd = q.index_select(&rows, 0)?.reshape((n, kvh, rep, d))?;
+        let mask = Tensor::from_vec(mask, (n, 1, 1, max_ctx), dev)?;
+        let scores = (qd.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
+        Some(p.matmul(&v)?.reshape((n, h, d))?)
+    };
+    let mut outs = Vec::with_capacity(op.seqs.len());
+    let mut next_decode = 0;
+    for s in op.seqs.iter() {
+        if s.q_len == 1 {
+            if let Some(y) = &decoded {
+                outs.push(y.narrow(0, next_decode, 1)?);
+                next_decode += 1;
+            }
+            continue;
+        }
+        let (ql, ctx) = (s.q_len, s.start_pos + s.q_len);
+        let slots = (0..ctx).map(|j| slot(&s.block_table, bs, j)).collect();
+        let (k, v) = gather(slots, 1, ctx)?;
+        let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
+        // [kv_heads, rep * q_len, head_dim]: row r * q_len + i is query i of head g * rep + r.
+        let qs = q
+            .narrow(0, s.q_start, ql)?
+            .reshape((ql, kvh, rep, d))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((kvh, rep * ql, d))?;
+        let mut mask = Vec::with_capacity(ql * ctx);
+        for i in 0..ql {
+            for j in 0..ctx {
+                mask.push(if j <= s.start_pos + i {
+                    0f32
+                } else {
+                    f32::NEG_INFINITY
+                });
+            }
+        }
+        let mask = Tensor::from_vec(mask, (1, 1, ql, ctx), dev)?;
+        let scores = (qs.matmul(&k.t()?)? * scale)?
+            .reshape((kvh, rep, ql, ctx))?
+            .broadcast_add(&mask)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?.reshape((kvh, rep * ql, ctx))?;
+        let y = p
+            .matmul(&v)?
+            .reshape((kvh, rep, ql, d))?
+            .permute((2, 0, 1, 3))?
+            .reshape((ql, h, d))?;
+        outs.push(y);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
 }

@@ -110,6 +110,19 @@ impl RopeTable {
     fn positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
     }
+
+    /// cos and sin as `[positions, 1, head_dim / 2]` tensors on `device`, the per-batch
+    /// layout of candle's RoPE kernels (one batch entry per token).
+    pub fn to_tensors(
+        &self,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let shape = (self.positions(), 1, self.half);
+        Ok((
+            candle_core::Tensor::from_slice(&self.cos, shape, device)?,
+            candle_core::Tensor::from_slice(&self.sin, shape, device)?,
+        ))
+    }
 }
 
 pub struct RopeOp {

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use llmd_protocol::{block_hash, BlockHash};
 
+use crate::backend::Backend;
 use crate::block_pool::BlockPool;
 use crate::engine::FinishReason;
 use crate::error::Result;
 use crate::kv::KvCache;
-use crate::model::{BatchSeq, Model};
+use crate::model::BatchSeq;
 use crate::sampling::Sampler;
 
 /// Limits of one step, with vLLM's names.
@@ -79,6 +80,12 @@ pub enum SeqUpdate {
     },
     /// The sequence could not be served (e.g. its prompt cannot fit in the pool at all).
     Failed(String),
+}
+
+/// A step's result: logits to sample from, or (simulated) tokens.
+enum StepOut {
+    Logits(Vec<f32>, usize),
+    Tokens(Vec<u32>),
 }
 
 /// One sequence's state inside the scheduler.
@@ -379,7 +386,7 @@ impl Scheduler {
 
     /// Runs one step: schedule, one forward pass, sample. Returns each affected sequence's
     /// update; finished sequences are removed and handed back with theirs.
-    pub fn step(&mut self, model: &Model, cache: &KvCache) -> Result<Vec<(u64, SeqUpdate)>> {
+    pub fn step(&mut self, backend: &Backend, cache: &KvCache) -> Result<Vec<(u64, SeqUpdate)>> {
         let mut updates = Vec::new();
         let plan = self.schedule();
         if plan.is_empty() {
@@ -405,9 +412,35 @@ impl Scheduler {
                 }
             })
             .collect();
-        let logits = model.forward(cache, &batch)?;
-        let vocab = logits.dim(1)?;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let out = match backend {
+            Backend::Model(model) => {
+                let logits = model.forward(cache, &batch)?;
+                let vocab = logits.dim(1)?;
+                StepOut::Logits(logits.flatten_all()?.to_vec1::<f32>()?, vocab)
+            }
+            Backend::Sim(sim) => {
+                // A row that computes one token at the end of its sequence is a decode.
+                let is_decode = |i: usize, n: usize| {
+                    n == 1 && self.running[i].num_computed + 1 == self.running[i].tokens.len()
+                };
+                let (mut prefill, mut decodes) = (0, 0);
+                for &(i, n) in &plan {
+                    if is_decode(i, n) {
+                        decodes += 1;
+                    } else {
+                        prefill += n;
+                    }
+                }
+                let seqs: Vec<(usize, usize)> = plan
+                    .iter()
+                    .map(|&(i, n)| {
+                        let s = &self.running[i];
+                        (s.num_computed + n, s.num_generated())
+                    })
+                    .collect();
+                StepOut::Tokens(sim.step(prefill, decodes, &seqs))
+            }
+        };
         let mut finished = Vec::new();
         for (row, &(i, n)) in plan.iter().enumerate() {
             self.running[i].num_computed += n;
@@ -416,7 +449,12 @@ impl Scheduler {
             if s.num_computed < s.tokens.len() {
                 continue; // a prefill chunk; more to come
             }
-            let id = s.sampler.sample(&logits[row * vocab..(row + 1) * vocab]);
+            let id = match &out {
+                StepOut::Logits(logits, vocab) => {
+                    s.sampler.sample(&logits[row * vocab..(row + 1) * vocab])
+                }
+                StepOut::Tokens(t) => t[row],
+            };
             s.tokens.push(id);
             if s.first_token.is_none() {
                 s.first_token = Some(Instant::now());

@@ -11,16 +11,17 @@ use llmd_protocol::{root_hash, KvEvent};
 use llmd_tokenizer::{StopMatcher, Tokenizer};
 use tokio::sync::mpsc;
 
+use crate::backend::Backend;
 use crate::block_pool::BlockPool;
 use crate::config::ModelConfig;
 use crate::engine::FinishReason;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvCache, KvCacheSize, KvLayout};
-use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{
     PinnedKv, SchedulerConfig, SchedulerCounters, SeqUpdate, Sequence, Timings, Usage,
 };
+use crate::sim::SimModel;
 
 #[derive(Debug, Clone)]
 pub struct ServingConfig {
@@ -163,13 +164,18 @@ pub struct LlmEngine {
 impl LlmEngine {
     /// Starts the engine thread. `events`, if given, receives the pool's KV events in order.
     pub fn start(
-        model: Model,
+        model: impl Into<Backend>,
         tokenizer: Tokenizer,
         cfg: ServingConfig,
         events: Option<mpsc::UnboundedSender<Vec<KvEvent>>>,
     ) -> Result<Self> {
+        let model: Backend = model.into();
         let mcfg = model.config().clone();
-        let layout = KvLayout::new(&mcfg, cfg.block_size, cfg.kv_cache, candle_core::DType::F32)?;
+        let mut layout =
+            KvLayout::new(&mcfg, cfg.block_size, cfg.kv_cache, candle_core::DType::F32)?;
+        if let Backend::Sim(_) = model {
+            layout = SimModel::layout(layout);
+        }
         let cache = KvCache::new(layout, model.device())?;
         let pool = BlockPool::new(layout.num_blocks, layout.block_size);
         let sched = crate::scheduler::Scheduler::new(
@@ -525,7 +531,7 @@ fn import_mismatch(
 
 #[allow(clippy::too_many_arguments)]
 fn run_loop(
-    model: Model,
+    model: Backend,
     cache: KvCache,
     mut sched: crate::scheduler::Scheduler,
     rx: std_mpsc::Receiver<Command>,

@@ -5,6 +5,8 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use llmd_engine::{Engine, EngineOptions};
 use serde::Deserialize;
 
@@ -79,6 +81,72 @@ fn logits_agree_with_llama_cpp() {
             assert_eq!(ours, best.0, "greedy token differs from llama.cpp's");
         }
     }
+}
+
+const GREEDY_PROMPTS: [&str; 4] = [
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village, there lived",
+];
+
+/// The device-generic path (what CUDA runs: candle's quantized matmul, RoPE and attention
+/// ops) on the CPU against our kernels, on the real model: greedy tokens agree except at near
+/// ties (the two quantize activations differently; see MAX_TOLERANCE).
+#[test]
+fn generic_ops_greedy_matches_cpu_on_default_model() {
+    let Some(cpu) = engine() else { return };
+    let m = llmd_models::resolve(
+        &llmd_models::ModelSource::Default,
+        &llmd_models::FetchOptions::from_env(),
+    )
+    .unwrap();
+    let opts = llmd_engine::LoadOptions {
+        generic_ops: true,
+        ..Default::default()
+    };
+    let (model, tok) = llmd_engine::load_model_with(&m, &candle_core::Device::Cpu, &opts).unwrap();
+    let generic = Engine::new(m.name.clone(), model, tok, &EngineOptions::default()).unwrap();
+    let mut flips = 0;
+    for text in GREEDY_PROMPTS {
+        let ids = cpu.tokenizer.encode(text, true).unwrap();
+        flips += common::greedy_agree(&cpu, &generic, &ids, 32, 2.0 * MAX_TOLERANCE);
+    }
+    println!(
+        "default model, CPU kernels vs generic ops: {flips} near-tie flips in 4 x 32 greedy steps"
+    );
+}
+
+/// With the `cuda` feature and a GPU: the default model's greedy tokens on CUDA (candle's
+/// quantized kernels) against ours on the CPU, teacher-forced along the CPU's tokens. The two
+/// round activations differently (see above: up to ~1 logit apart), so a flip is accepted only
+/// where the CPU's two best logits are within 2 × MAX_TOLERANCE — a near tie, not an error.
+#[test]
+fn cuda_greedy_matches_cpu_on_default_model() {
+    let gpu = match llmd_engine::device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("cuda_greedy_matches_cpu_on_default_model: skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let Some(cpu) = engine() else { return };
+    let m = llmd_models::resolve(
+        &llmd_models::ModelSource::Default,
+        &llmd_models::FetchOptions::from_env(),
+    )
+    .unwrap();
+    let opts = EngineOptions {
+        device: gpu,
+        ..Default::default()
+    };
+    let cuda = Engine::load(&m, &opts).unwrap();
+    let mut flips = 0;
+    for text in GREEDY_PROMPTS {
+        let ids = cpu.tokenizer.encode(text, true).unwrap();
+        flips += common::greedy_agree(&cpu, &cuda, &ids, 32, 2.0 * MAX_TOLERANCE);
+    }
+    println!("default model, CPU vs CUDA: {flips} near-tie flips in 4 x 32 greedy steps");
 }
 
 #[test]

@@ -269,3 +269,133 @@ fn a_prompt_larger_than_the_pool_fails_alone() {
         "prompt + max_tokens beyond the 512-token context"
     );
 }
+
+/// A simulated engine (`llmd worker --sim`): the real scheduler, pool, prefix cache,
+/// events and export/import around a latency model. Its tokens depend only on position,
+/// so every path gives the same ones; its events replay to its cache like the real one's.
+#[test]
+fn simulated_engine_runs_the_real_scheduling_paths() {
+    let f = fixture();
+    let (model, tok) = llmd_engine::load_gguf(&f.path, &Device::Cpu).unwrap();
+    let zero = llmd_engine::SimCost {
+        step: Duration::ZERO,
+        prefill_token: Duration::ZERO,
+        decode_seq: Duration::ZERO,
+    };
+    let sim = || llmd_engine::SimModel::new(model.config().clone(), &tok, zero, 8).unwrap();
+    let start = |cfg: SchedulerConfig, blocks: usize| {
+        let mut sc = ServingConfig::new("tiny", "sim:tiny");
+        sc.scheduler = cfg;
+        sc.block_size = BS;
+        sc.kv_cache = KvCacheSize::Blocks(blocks);
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            LlmEngine::start(sim(), tok.clone(), sc, Some(tx)).unwrap(),
+            rx,
+        )
+    };
+    let one = SchedulerConfig {
+        max_num_seqs: 1,
+        ..SchedulerConfig::default()
+    };
+    let (alone, _) = start(one, 256);
+    let want = run_all(&alone.handle(), &prompts(), 12);
+    assert!(want.iter().all(|t| t.len() == 12));
+    assert!(
+        want.iter().flatten().collect::<HashSet<_>>().len() > 3,
+        "the simulated text varies"
+    );
+    for (what, cfg, blocks) in [
+        ("batched", SchedulerConfig::default(), 256),
+        (
+            "chunked",
+            SchedulerConfig {
+                max_num_batched_tokens: 5,
+                ..SchedulerConfig::default()
+            },
+            256,
+        ),
+        ("preempted", SchedulerConfig::default(), 24),
+    ] {
+        let (eng, mut events) = start(cfg, blocks);
+        let h = eng.handle();
+        assert_eq!(run_all(&h, &prompts(), 12), want, "{what}");
+        assert_eq!(run_all(&h, &prompts(), 12), want, "{what}, prefix-cached");
+        let st = h.stats();
+        assert_eq!(st.kv_blocks_free, st.kv_blocks_total, "{what}");
+        let mut seen = HashSet::new();
+        drain(&mut events, &mut seen);
+        assert_eq!(seen.len(), st.kv_blocks_cached, "{what}: events vs cache");
+        assert!(st.kv_blocks_cached > 0);
+    }
+    // The pool is as large as the real one's but its blocks hold almost nothing.
+    let layout = alone.handle().kv_layout;
+    assert_eq!(layout.num_blocks, 256);
+    assert_eq!(
+        (layout.num_layers, layout.num_kv_heads, layout.head_dim),
+        (1, 1, 1)
+    );
+
+    // Without ignore_eos the simulated answer ends by itself after its output length.
+    let mut s = alone
+        .handle()
+        .submit(prompts()[0].clone(), SamplingParams::greedy(100))
+        .unwrap();
+    let mut n = 0;
+    let mut reason = None;
+    while let Some(item) = s.next_blocking() {
+        match item.unwrap() {
+            StreamItem::Token { .. } => n += 1,
+            StreamItem::Finished { reason: r, .. } => reason = Some(r),
+        }
+    }
+    assert_eq!((n, reason), (8, Some(llmd_engine::FinishReason::Stop)));
+
+    // P/D between two simulated engines continues with the same tokens; a real engine
+    // refuses simulated KV (fingerprint) and computes the prompt itself.
+    let (pre, _) = start(SchedulerConfig::default(), 64);
+    let (dec, _) = start(SchedulerConfig::default(), 64);
+    let (real, _) = serving(&f, SchedulerConfig::default(), 64);
+    let (ph, dh) = (pre.handle(), dec.handle());
+    let p = prompts()[5].clone();
+    let export = |ph: &EngineHandle| {
+        let mut s = ph
+            .submit_with(
+                p.clone(),
+                params(1),
+                SubmitOptions {
+                    pin_kv: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        while s.next_blocking().is_some() {}
+        let e = ph.export_blocking(s.id()).unwrap();
+        ph.release(s.id());
+        e
+    };
+    let continue_from = |h: &EngineHandle, e| {
+        let mut d = h
+            .submit_with(
+                p.clone(),
+                params(12),
+                SubmitOptions {
+                    import: Some(e),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let mut ids = Vec::new();
+        while let Some(item) = d.next_blocking() {
+            if let StreamItem::Token { id, .. } = item.unwrap() {
+                ids.push(id);
+            }
+        }
+        ids
+    };
+    assert_eq!(continue_from(&dh, export(&ph)), want[5]);
+    assert_eq!(dh.stats().kv_import_rejected, 0);
+    let real_tokens = continue_from(&real.handle(), export(&ph));
+    assert_eq!(real.handle().stats().kv_import_rejected, 1);
+    assert_eq!(real_tokens, expected(&f, 12)[5]);
+}

@@ -19,12 +19,18 @@
 //! [`KvSource::finished`] — delivered (`K`) or aborted (mismatch, bad checksum,
 //! disconnect, error) — so the prefill side can unpin the blocks at once.
 //!
+//! With the `rdma` feature, [`rdma`] adds RDMA READs of the payload over the same control
+//! connection (its module docs describe the exchange); builds without it refuse RDMA
+//! requests with status 2, and the puller falls back to TCP.
+//!
 //! The header is JSON because it is small, read once per transfer, and readable in a packet
 //! capture; the payload is raw bytes. CRC-32 (crc32fast, SIMD) checks at memory speed, and
 //! catches truncation and corruption, which is what it is for here (not tampering).
 
 pub mod bench;
 mod client;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 mod server;
 
 use std::future::Future;
@@ -37,6 +43,8 @@ pub use server::KvServer;
 
 /// First bytes of every request: the protocol and its version.
 pub const MAGIC: &[u8; 8] = b"LLMDKVX1";
+/// First bytes of an RDMA request (the `rdma` module; refused by servers without it).
+pub const MAGIC_RDMA: &[u8; 8] = b"LLMDKVR1";
 /// Payload bytes per write and read.
 pub(crate) const CHUNK: usize = 1 << 20;
 
@@ -156,6 +164,8 @@ pub enum KvxError {
     Protocol(String),
     #[error("KV transfer I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("KV RDMA transfer: {0}")]
+    Rdma(String),
 }
 
 impl KvxError {
@@ -170,6 +180,7 @@ impl KvxError {
         "checksum",
         "protocol",
         "io",
+        "rdma",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -182,6 +193,43 @@ impl KvxError {
             KvxError::Checksum { .. } => "checksum",
             KvxError::Protocol(_) => "protocol",
             KvxError::Io(_) => "io",
+            KvxError::Rdma(_) => "rdma",
         }
+    }
+}
+
+/// How a puller moves the payload.
+#[derive(Debug, Clone, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// RDMA READs into this node's staging memory (TCP when the server has no RDMA).
+    #[cfg(feature = "rdma")]
+    Rdma(std::sync::Arc<rdma::RdmaNode>),
+}
+
+impl Transport {
+    /// `tcp` or `rdma`, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            #[cfg(feature = "rdma")]
+            Transport::Rdma(_) => "rdma",
+        }
+    }
+}
+
+/// [`pull`] over `transport`.
+pub async fn pull_via(
+    transport: &Transport,
+    addr: &str,
+    request_id: &str,
+    expect: &KvExpect,
+    timeout: std::time::Duration,
+) -> Result<KvBlob, KvxError> {
+    match transport {
+        Transport::Tcp => pull(addr, request_id, expect, timeout).await,
+        #[cfg(feature = "rdma")]
+        Transport::Rdma(node) => rdma::pull(node, addr, request_id, expect, timeout).await,
     }
 }

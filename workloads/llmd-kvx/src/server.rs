@@ -17,6 +17,9 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct KvServer {
     listener: TcpListener,
+    /// Serves RDMA requests when set; without it they are refused (the puller uses TCP).
+    #[cfg(feature = "rdma")]
+    rdma: Option<Arc<crate::rdma::RdmaNode>>,
 }
 
 impl KvServer {
@@ -24,20 +27,39 @@ impl KvServer {
     pub async fn bind(addr: &str) -> std::io::Result<(SocketAddr, KvServer)> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        Ok((local, KvServer { listener }))
+        Ok((
+            local,
+            KvServer {
+                listener,
+                #[cfg(feature = "rdma")]
+                rdma: None,
+            },
+        ))
+    }
+
+    /// Serves RDMA pulls from `node`'s registered staging memory as well as TCP pulls.
+    #[cfg(feature = "rdma")]
+    pub fn with_rdma(mut self, node: Arc<crate::rdma::RdmaNode>) -> Self {
+        self.rdma = Some(node);
+        self
     }
 
     /// Serves pulls, one task per connection, until `shutdown` completes.
     pub async fn serve(self, source: Arc<dyn KvSource>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let rdma = Rdma {
+            #[cfg(feature = "rdma")]
+            node: self.rdma.clone(),
+        };
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 conn = self.listener.accept() => match conn {
                     Ok((stream, peer)) => {
                         let source = source.clone();
+                        let rdma = rdma.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = handle(stream, source.as_ref()).await {
+                            if let Err(e) = handle(stream, source.as_ref(), &rdma).await {
                                 tracing::debug!(%peer, error = %e, "KV transfer connection ended");
                             }
                         });
@@ -64,7 +86,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves requests on one connection until the puller closes it, goes idle, or a transfer
 /// ends in a state the connection cannot continue from.
-async fn handle(mut s: TcpStream, source: &dyn KvSource) -> std::io::Result<()> {
+async fn handle(mut s: TcpStream, source: &dyn KvSource, rdma: &Rdma) -> std::io::Result<()> {
     s.set_nodelay(true)?;
     loop {
         let mut magic = [0u8; 8];
@@ -75,48 +97,76 @@ async fn handle(mut s: TcpStream, source: &dyn KvSource) -> std::io::Result<()> 
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()),
         }
-        if &magic != MAGIC {
+        let is_rdma = &magic == crate::MAGIC_RDMA;
+        if &magic != MAGIC && !is_rdma {
             tracing::warn!("KV transfer: not an llmd-kvx v1 request; closing");
             return Ok(());
         }
-        if !one_request(&mut s, source).await? {
+        if !one_request(&mut s, source, rdma, is_rdma).await? {
             return Ok(());
         }
     }
 }
 
-/// Reads one request after its magic and answers it; `Ok(true)` when the connection is in
-/// a clean state for another request.
-async fn one_request(s: &mut TcpStream, source: &dyn KvSource) -> std::io::Result<bool> {
+/// The server's RDMA side, when it has one.
+#[derive(Clone)]
+struct Rdma {
+    #[cfg(feature = "rdma")]
+    node: Option<Arc<crate::rdma::RdmaNode>>,
+}
+
+/// A length-prefixed field of a request, at most `MAX_ID` bytes; `None` (logged) when
+/// longer.
+async fn read_field(s: &mut TcpStream, what: &str) -> std::io::Result<Option<Vec<u8>>> {
     let len = control(s.read_u32()).await? as usize;
     if len > MAX_ID {
-        tracing::warn!(len, "KV transfer: request id too long; closing");
-        return Ok(false);
+        tracing::warn!(len, "KV transfer: {what} too long; closing");
+        return Ok(None);
     }
-    let mut id = vec![0u8; len];
-    control(s.read_exact(&mut id)).await?;
+    let mut buf = vec![0u8; len];
+    control(s.read_exact(&mut buf)).await?;
+    Ok(Some(buf))
+}
+
+/// Reads one request after its magic and answers it; `Ok(true)` when the connection is in
+/// a clean state for another request.
+async fn one_request(
+    s: &mut TcpStream,
+    source: &dyn KvSource,
+    rdma: &Rdma,
+    is_rdma: bool,
+) -> std::io::Result<bool> {
+    let Some(id) = read_field(s, "request id").await? else {
+        return Ok(false);
+    };
     let Ok(id) = String::from_utf8(id) else {
         tracing::warn!("KV transfer: request id is not UTF-8; closing");
         return Ok(false);
     };
-    let len = control(s.read_u32()).await? as usize;
-    if len > MAX_ID {
-        tracing::warn!(len, "KV transfer: expectation too long; closing");
+    let Some(raw) = read_field(s, "expectation").await? else {
         return Ok(false);
-    }
-    let mut raw = vec![0u8; len];
-    control(s.read_exact(&mut raw)).await?;
+    };
     let Ok(expect) = serde_json::from_slice::<KvExpect>(&raw) else {
         tracing::warn!("KV transfer: unreadable expectation; closing");
         return Ok(false);
     };
+    if is_rdma {
+        let Some(endpoint) = read_field(s, "RDMA endpoint").await? else {
+            return Ok(false);
+        };
+        #[cfg(feature = "rdma")]
+        if let Some(node) = &rdma.node {
+            return crate::rdma::serve(s, source, node, &id, &expect, &endpoint).await;
+        }
+        let _ = (rdma, endpoint);
+        // Status 2: no RDMA here; the connection stays clean for the puller's TCP request.
+        write_status(s, 2, "this KV server does not serve RDMA").await?;
+        return Ok(true);
+    }
     let blob = match source.fetch(&id).await {
         Ok(b) => b,
         Err(msg) => {
-            let mut m = vec![1u8];
-            m.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-            m.extend_from_slice(msg.as_bytes());
-            s.write_all(&m).await?;
+            write_status(s, 1, &msg).await?;
             return Ok(true);
         }
     };
@@ -129,19 +179,37 @@ async fn one_request(s: &mut TcpStream, source: &dyn KvSource) -> std::io::Resul
     Ok(clean)
 }
 
+/// A status byte other than 0 and its message.
+pub(crate) async fn write_status(s: &mut TcpStream, status: u8, msg: &str) -> std::io::Result<()> {
+    let mut m = vec![status];
+    m.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    m.extend_from_slice(msg.as_bytes());
+    s.write_all(&m).await
+}
+
 /// Sends one transfer; the outcome, and whether the connection can serve another request.
 async fn send(
     s: &mut TcpStream,
     blob: &KvBlob,
     expect: &KvExpect,
 ) -> std::io::Result<(Outcome, bool)> {
+    if let Some(ended) = send_header(s, blob, expect).await? {
+        return Ok(ended);
+    }
+    stream_payload(s, blob).await
+}
+
+/// Sends status 0 and the header; `Some(outcome)` when the transfer ends there (the export
+/// is inconsistent, or the header does not match what the puller expects).
+pub(crate) async fn send_header(
+    s: &mut TcpStream,
+    blob: &KvBlob,
+    expect: &KvExpect,
+) -> std::io::Result<Option<(Outcome, bool)>> {
     if blob.header.payload_len != blob.data.len() as u64 {
         let msg = "export size does not match its header";
-        let mut m = vec![1u8];
-        m.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        m.extend_from_slice(msg.as_bytes());
-        s.write_all(&m).await?;
-        return Ok((Outcome::Aborted(msg.into()), true));
+        write_status(s, 1, msg).await?;
+        return Ok(Some((Outcome::Aborted(msg.into()), true)));
     }
     let header = serde_json::to_vec(&blob.header).map_err(std::io::Error::other)?;
     // Status, length and header in one write: one segment, one wake-up on the other side.
@@ -151,13 +219,21 @@ async fn send(
     first.extend_from_slice(&header);
     s.write_all(&first).await?;
     if let Some((field, want, got)) = expect.mismatch(&blob.header) {
-        return Ok((
+        return Ok(Some((
             Outcome::Aborted(format!(
                 "the puller expects {field} {want}, the export has {got}"
             )),
             true,
-        ));
+        )));
     }
+    Ok(None)
+}
+
+/// Streams the payload and its CRC-32, then reads the puller's confirmation.
+pub(crate) async fn stream_payload(
+    s: &mut TcpStream,
+    blob: &KvBlob,
+) -> std::io::Result<(Outcome, bool)> {
     let mut crc = crc32fast::Hasher::new();
     for chunk in blob.data.chunks(CHUNK) {
         s.write_all(chunk).await?;

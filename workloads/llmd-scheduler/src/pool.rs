@@ -64,6 +64,8 @@ struct WorkerState {
     running: f64,
     kv_usage: f64,
     last_error: Option<String>,
+    /// Health probes in a row that timed out.
+    probe_timeouts: u32,
 }
 
 #[derive(Debug)]
@@ -293,7 +295,19 @@ impl Pool {
         let ok = match health {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("/health answered {}", r.status())),
-            Err(e) => Err(format!("/health: {e}")),
+            Err(e) if e.is_timeout() => {
+                // A slow answer is not a dead worker: a busy machine (or a worker busy
+                // with a long prompt on few cores) misses a probe now and then. Only
+                // several in a row take it out of rotation; a refused connection at once.
+                let mut s = w.st();
+                s.probe_timeouts += 1;
+                if s.probe_timeouts < PROBE_TIMEOUTS_TO_FAIL {
+                    return;
+                }
+                drop(s);
+                Err(format!("/health: {}", error_chain(&e)))
+            }
+            Err(e) => Err(format!("/health: {}", error_chain(&e))),
         };
         if let Err(why) = ok {
             w.mark_unreachable(&why);
@@ -354,6 +368,7 @@ impl Pool {
         }
         s.healthy = true;
         s.last_error = None;
+        s.probe_timeouts = 0;
     }
 
     async fn get_json(&self, url: &str, timeout: Duration) -> Result<Value, String> {
@@ -512,6 +527,21 @@ pub fn parse_prometheus_vector(v: &Value) -> Result<Vec<(String, f64)>, String> 
         .collect())
 }
 
+/// Health probes that must time out in a row before a worker leaves the rotation.
+const PROBE_TIMEOUTS_TO_FAIL: u32 = 3;
+
+/// An error with its causes: reqwest's own message ("error sending request") hides why.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -535,5 +565,48 @@ mod tests {
         let bad: Value =
             serde_json::from_str(r#"{"status":"error","error":"parse error"}"#).unwrap();
         assert!(parse_prometheus_vector(&bad).is_err());
+    }
+
+    /// A worker that stops answering its probes (accepts, never replies) stays in rotation
+    /// through one or two timeouts and leaves it at the third; one that refuses
+    /// connections leaves at once.
+    #[tokio::test]
+    async fn slow_probes_need_three_timeouts_refused_one() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let pool = Pool::new(
+            reqwest::Client::new(),
+            PoolOptions {
+                interval: Duration::from_millis(100),
+                source: MetricsSource::Scrape,
+                names: MetricNames::default(),
+            },
+        );
+        let spec = |url: String| WorkerSpec {
+            url,
+            role: Role::Both,
+            model: None,
+        };
+        let w = Worker::new(&spec(format!("http://{addr}"))).unwrap();
+        w.set_healthy_for_test(Load::default());
+        pool.probe(&w).await;
+        pool.probe(&w).await;
+        assert!(w.healthy(), "two slow probes do not take it out");
+        pool.probe(&w).await;
+        assert!(!w.healthy(), "the third does");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = closed.local_addr().unwrap();
+        drop(closed);
+        let w = Worker::new(&spec(format!("http://{gone}"))).unwrap();
+        w.set_healthy_for_test(Load::default());
+        pool.probe(&w).await;
+        assert!(!w.healthy(), "a refused connection takes it out at once");
     }
 }

@@ -378,9 +378,21 @@ pub fn rank(profile: &Profile, cands: Vec<Arc<Worker>>, view: &RequestView) -> V
     let pick = match profile.picker {
         Picker::MaxScore => {
             let best = scored.iter().map(|s| s.total).fold(f64::MIN, f64::max);
-            // Ties go to a random one of them, so cold prompts spread.
+            // Ties go to the one with the fewest requests in flight from here, then to a
+            // random one: a burst of cold prompts arrives before any load is scraped, and
+            // a random pick alone would stack several on one worker while others idle
+            // (with 64 workers, a third got nothing) — and prefix affinity keeps them there.
             let ties: Vec<usize> = (0..scored.len())
                 .filter(|&i| scored[i].total >= best - 1e-9)
+                .collect();
+            let least = ties
+                .iter()
+                .map(|&i| loads_of(&scored[i]))
+                .min()
+                .unwrap_or(0);
+            let ties: Vec<usize> = ties
+                .into_iter()
+                .filter(|&i| loads_of(&scored[i]) == least)
                 .collect();
             ties[rand::rng().random_range(0..ties.len())]
         }
@@ -408,6 +420,10 @@ pub fn rank(profile: &Profile, cands: Vec<Arc<Worker>>, view: &RequestView) -> V
     scored.sort_by(|a, b| b.total.total_cmp(&a.total));
     scored.insert(0, first);
     scored
+}
+
+fn loads_of(s: &Scored) -> usize {
+    s.worker.active.load(Ordering::Relaxed)
 }
 
 fn min_max(it: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -476,6 +492,24 @@ mod tests {
         // Cache-manager unreachable: prefix scores 0, load decides.
         let r = rank(p.decode(), c, &view(10, None, &none));
         assert_eq!(r[0].parts[0].1, 0.0);
+    }
+
+    /// Equal scores (a cold prompt before any load is scraped) go to the worker with the
+    /// fewest requests in flight from this scheduler, not to a random one.
+    #[test]
+    fn max_score_ties_go_to_the_least_busy() {
+        let p = Profiles::build(&RoutingConfig::builtin(), None).unwrap();
+        let ws: Vec<_> = (1..=4).map(|i| worker(i, Role::Both, 0.0, 0.0)).collect();
+        for (i, w) in ws.iter().enumerate() {
+            w.active
+                .store(if i == 2 { 0 } else { 2 }, Ordering::Relaxed);
+        }
+        let none = HashMap::new();
+        for _ in 0..20 {
+            let c = candidates(p.decode(), &ws, "m", Leg::Decode);
+            let r = rank(p.decode(), c, &view(10, Some(&none), &none));
+            assert_eq!(r[0].worker.id, "127.0.0.1:3");
+        }
     }
 
     #[test]

@@ -74,9 +74,39 @@ pub fn routes(
         .and_then(|s: Shared, b| async move { reply(detokenize(&s, b)) });
     let tokenizer = warp::path!("v1" / "llmd" / "tokenizer")
         .and(warp::get())
-        .and(with)
+        .and(with.clone())
         .and_then(|s: Shared| async move { reply(tokenizer_info(&s)) });
+    let render_chat = warp::path!("v1" / "chat" / "completions" / "render")
+        .and(warp::post())
+        .and(with.clone())
+        .and(body)
+        .and_then(|s: Shared, b| async move { reply(render(&s, b, true)) });
+    let render_completion = warp::path!("v1" / "completions" / "render")
+        .and(warp::post())
+        .and(with.clone())
+        .and(body)
+        .and_then(|s: Shared, b| async move { reply(render(&s, b, false)) });
+    let info = warp::path!("server_info")
+        .or(warp::path!("get_server_info"))
+        .unify()
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Shared| warp::reply::json(&server_info(&s)).into_response());
+    let minfo = warp::path!("model_info")
+        .or(warp::path!("get_model_info"))
+        .unify()
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Shared| warp::reply::json(&model_info(&s)).into_response());
     chat.or(completions)
+        .unify()
+        .or(render_chat)
+        .unify()
+        .or(render_completion)
+        .unify()
+        .or(info)
+        .unify()
+        .or(minfo)
         .unify()
         .or(models)
         .unify()
@@ -196,6 +226,19 @@ async fn chat(
     settings
         .check_supported(openai::Capabilities::default())
         .map_err(ApiError::from)?;
+    let prompt = chat_prompt(&s, &req)?;
+    let params = sampling(&s, &settings, prompt.len())?;
+    let stream = (req.stream.unwrap_or(false), req.include_usage());
+    generate(
+        s,
+        Prepared::new(true, prompt, params, stream, req.kv_transfer_params),
+        span,
+    )
+    .await
+}
+
+/// The token ids a chat request runs on: the model's template, then its tokenizer.
+fn chat_prompt(s: &State, req: &openai::ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
     let messages: Vec<llmd_tokenizer::ChatMessage> = req
         .messages
         .iter()
@@ -212,34 +255,15 @@ async fn chat(
             )
         })?;
     // The template already holds the special tokens (BOS) the model expects.
-    let prompt = s
-        .engine
+    s.engine
         .tokenizer
         .encode(&text, false)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-    let params = sampling(&s, &settings, prompt.len())?;
-    let stream = (req.stream.unwrap_or(false), req.include_usage());
-    generate(
-        s,
-        Prepared::new(true, prompt, params, stream, req.kv_transfer_params),
-        span,
-    )
-    .await
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))
 }
 
-async fn completions(
-    s: Shared,
-    body: Bytes,
-    span: &tracing::Span,
-) -> Result<warp::reply::Response, ApiError> {
-    let req: openai::CompletionRequest = parse(&body)?;
-    check_model(&s, req.model.as_deref())?;
-    let settings = req.validate().map_err(ApiError::from)?;
-    // The engine applies no logprobs, penalties or min_p yet: refuse them by name.
-    settings
-        .check_supported(openai::Capabilities::default())
-        .map_err(ApiError::from)?;
-    let prompt = match req.prompt_input().map_err(ApiError::from)? {
+/// The token ids a completion request runs on: its text tokenized, or its token ids.
+fn completion_prompt(s: &State, req: &openai::CompletionRequest) -> Result<Vec<u32>, ApiError> {
+    Ok(match req.prompt_input().map_err(ApiError::from)? {
         openai::PromptInput::Text(t) => s
             .engine
             .tokenizer
@@ -255,7 +279,63 @@ async fn completions(
             }
             ids
         }
+    })
+}
+
+/// vLLM's `POST /v1/chat/completions/render` and `/v1/completions/render`: the prompt's
+/// token ids without running it (vllm-router's cache-aware policy asks for them).
+fn render(s: &State, body: Bytes, chat: bool) -> Result<warp::reply::Response, ApiError> {
+    let (model, token_ids) = if chat {
+        let req: openai::ChatCompletionRequest = parse(&body)?;
+        check_model(s, req.model.as_deref())?;
+        (req.model.clone(), chat_prompt(s, &req)?)
+    } else {
+        let req: openai::CompletionRequest = parse(&body)?;
+        check_model(s, req.model.as_deref())?;
+        (req.model.clone(), completion_prompt(s, &req)?)
     };
+    Ok(warp::reply::json(&json!({
+        "model": model.as_deref().unwrap_or(s.model_name()),
+        "token_ids": token_ids,
+        "features": null,
+    }))
+    .into_response())
+}
+
+/// What peer routers read when a worker registers (`/server_info`, `/model_info`, as
+/// sglang's and vLLM's routers ask): the served model and its limits. No model path is
+/// given: routers would try to load a tokenizer from it.
+fn server_info(s: &State) -> serde_json::Value {
+    json!({
+        "served_model_name": s.model_name(),
+        "max_model_len": s.engine.model_config.max_position_embeddings,
+        "block_size": s.engine.block_size,
+        "role": s.cfg.role.as_str(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn model_info(s: &State) -> serde_json::Value {
+    json!({
+        "served_model_name": s.model_name(),
+        "is_generation": true,
+        "max_model_len": s.engine.model_config.max_position_embeddings,
+    })
+}
+
+async fn completions(
+    s: Shared,
+    body: Bytes,
+    span: &tracing::Span,
+) -> Result<warp::reply::Response, ApiError> {
+    let req: openai::CompletionRequest = parse(&body)?;
+    check_model(&s, req.model.as_deref())?;
+    let settings = req.validate().map_err(ApiError::from)?;
+    // The engine applies no logprobs, penalties or min_p yet: refuse them by name.
+    settings
+        .check_supported(openai::Capabilities::default())
+        .map_err(ApiError::from)?;
+    let prompt = completion_prompt(&s, &req)?;
     let params = sampling(&s, &settings, prompt.len())?;
     let stream = (req.stream.unwrap_or(false), req.include_usage());
     generate(

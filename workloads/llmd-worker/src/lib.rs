@@ -18,6 +18,7 @@ use llmd_engine::serving::EngineHandle;
 use warp::Filter;
 
 pub use error::ApiError;
+pub use pd::KvTransport;
 
 /// Which legs of a disaggregated request this worker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,8 @@ pub struct WorkerConfig {
     pub kv_advertise_host: Option<String>,
     /// How long a decode worker's pull may take before it computes the prompt itself.
     pub kv_transfer_timeout: Duration,
+    /// How KV moves between workers (TCP unless RDMA is asked for and usable).
+    pub kv_transport: KvTransport,
     /// `tcp://HOST:PORT` the KV event publisher binds or connects to.
     pub kv_events_endpoint: Option<String>,
     /// Connect to the endpoint (llm-d: workers connect to the cache-manager) or bind it.
@@ -117,6 +120,7 @@ impl WorkerConfig {
             kv_port: None,
             kv_advertise_host: None,
             kv_transfer_timeout: Duration::from_secs(30),
+            kv_transport: KvTransport::Tcp,
             kv_events_endpoint: None,
             kv_events_connect: true,
             kv_events_replay_endpoint: None,

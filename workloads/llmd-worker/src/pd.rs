@@ -10,7 +10,11 @@
 //! Decode leg (`do_remote_prefill: true`): pull those blocks over `llmd-kvx` (the header is
 //! checked against our layout and model fingerprint before any payload byte is read) and
 //! start the sequence from them. Any failure — refused, timeout, mismatch, truncation, bad
-//! checksum — falls back to computing the prompt here: slower, never wrong.
+//! checksum, a failed RDMA READ — falls back to computing the prompt here: slower, never
+//! wrong.
+//!
+//! Transport: TCP, or RDMA READs (`--kv-transport rdma`, builds with the `rdma` feature)
+//! when the worker finds a usable device at start; otherwise it says so and uses TCP.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +29,54 @@ use tracing::Instrument;
 
 use crate::metrics::{KvSide, Metrics};
 use crate::{State, WorkerConfig, WorkerError};
+
+/// The KV transport a worker is asked to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvTransport {
+    Tcp,
+    /// RDMA on `device` (the first usable one when `None`), with `staging_bytes` of
+    /// registered staging memory.
+    Rdma {
+        device: Option<String>,
+        staging_bytes: usize,
+    },
+}
+
+/// Opens the asked-for transport; without a usable RDMA device (or RDMA support in this
+/// build) that is logged and TCP is used.
+fn open_transport(asked: &KvTransport) -> llmd_kvx::Transport {
+    let KvTransport::Rdma {
+        device,
+        staging_bytes,
+    } = asked
+    else {
+        return llmd_kvx::Transport::Tcp;
+    };
+    #[cfg(feature = "rdma")]
+    match llmd_kvx::rdma::RdmaNode::open(device.as_deref(), *staging_bytes) {
+        Ok(node) => {
+            tracing::info!(
+                device = node.device(),
+                staging_mib = node.staging_bytes() >> 20,
+                "KV transfer over RDMA"
+            );
+            llmd_kvx::Transport::Rdma(node)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, ?device, "no usable RDMA device; KV transfer uses TCP");
+            llmd_kvx::Transport::Tcp
+        }
+    }
+    #[cfg(not(feature = "rdma"))]
+    {
+        tracing::warn!(
+            ?device,
+            staging_bytes,
+            "this build has no RDMA support (feature `rdma`); KV transfer uses TCP"
+        );
+        llmd_kvx::Transport::Tcp
+    }
+}
 
 /// Where a decode leg pulls its KV from.
 #[derive(Debug, Clone)]
@@ -202,6 +254,8 @@ fn blob(ex: KvExport) -> KvBlob {
 /// Per-worker P/D state.
 pub struct PdState {
     pub kv_addr: Option<std::net::SocketAddr>,
+    /// How this worker's pulls move the payload (and whether its server offers RDMA).
+    pub transport: llmd_kvx::Transport,
     advertise: String,
     exports: Arc<Mutex<Exports>>,
 }
@@ -216,12 +270,18 @@ impl PdState {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(Self, Option<std::net::SocketAddr>), WorkerError> {
         let exports = Arc::new(Mutex::new(Exports::default()));
+        let transport = open_transport(&cfg.kv_transport);
         let mut kv_addr = None;
         if cfg.role.serves_prefill_legs() {
             let addr = format!("{}:{}", cfg.host, cfg.kv_port.unwrap_or(0));
             let (local, server) = llmd_kvx::KvServer::bind(&addr)
                 .await
                 .map_err(|e| WorkerError::Config(format!("KV transfer port {addr}: {e}")))?;
+            #[cfg(feature = "rdma")]
+            let server = match &transport {
+                llmd_kvx::Transport::Rdma(node) => server.with_rdma(node.clone()),
+                llmd_kvx::Transport::Tcp => server,
+            };
             kv_addr = Some(local);
             let source = Arc::new(Source {
                 engine: engine.clone(),
@@ -242,6 +302,7 @@ impl PdState {
         Ok((
             Self {
                 kv_addr,
+                transport,
                 advertise: advertise.to_string(),
                 exports,
             },
@@ -295,6 +356,7 @@ pub async fn pull(s: &State, r: &Remote) -> Option<KvExport> {
     let span = tracing::info_span!(
         "kv_pull",
         llmd.kv.remote = %addr,
+        llmd.kv.transport = s.pd.transport.name(),
         llmd.kv.request_id = %r.request_id,
         llmd.kv.bytes = tracing::field::Empty,
         llmd.kv.tokens = tracing::field::Empty,
@@ -302,9 +364,15 @@ pub async fn pull(s: &State, r: &Remote) -> Option<KvExport> {
         llmd.kv.fallback = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     );
-    let pulled = llmd_kvx::pull(&addr, &r.request_id, &expect, s.cfg.kv_transfer_timeout)
-        .instrument(span.clone())
-        .await;
+    let pulled = llmd_kvx::pull_via(
+        &s.pd.transport,
+        &addr,
+        &r.request_id,
+        &expect,
+        s.cfg.kv_transfer_timeout,
+    )
+    .instrument(span.clone())
+    .await;
     match pulled {
         Ok(b) => {
             // i64: tracing-opentelemetry exports u64 fields as strings.

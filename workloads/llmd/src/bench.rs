@@ -9,7 +9,8 @@ use crate::EngineArgs;
 pub enum BenchCommand {
     /// Single-stream prefill and decode speed of the engine.
     Engine(EngineBenchArgs),
-    /// KV transfer speed (llmd-kvx over loopback TCP) next to a raw socket copy.
+    /// KV transfer speed (llmd-kvx over loopback TCP) next to a raw socket copy; with
+    /// `--transport rdma`, kvx over RDMA next to kvx over TCP.
     Kvx(KvxBenchArgs),
     /// The cache-manager's index: block-event ingest rate, score latency in-process and
     /// over HTTP.
@@ -17,6 +18,11 @@ pub enum BenchCommand {
     /// What the scheduler adds per request (latency, CPU) in front of instant backends,
     /// with precise prefix scoring on and with round-robin.
     Scheduler(crate::bench_scheduler::SchedulerBenchArgs),
+    /// Load on an OpenAI-compatible server (ours, a peer router, vLLM): TTFT, inter-token
+    /// and end-to-end latency, throughput; `--compare A.json B.json` prints ratios.
+    Serve(Box<crate::bench_serve::ServeBenchArgs>),
+    /// SVG charts of benchmark results (TTFT distributions, x/y series from CSV).
+    Plot(crate::bench_plot::PlotArgs),
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +102,80 @@ pub struct KvxBenchArgs {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// tcp: kvx over loopback TCP next to a raw socket copy. rdma: kvx over RDMA READs next
+    /// to kvx over TCP, in the same run (builds with the `rdma` feature).
+    #[arg(long, default_value = "tcp")]
+    pub transport: String,
+    /// Sizes as block counts of the default model (16 tokens, 720 KiB in f32) instead of
+    /// --mib.
+    #[arg(long, value_delimiter = ',')]
+    pub blocks: Vec<usize>,
+    /// RDMA device of the serving side [default: the first usable]
+    #[arg(long)]
+    pub rdma_device: Option<String>,
+    /// RDMA device of the pulling side [default: --rdma-device]
+    #[arg(long)]
+    pub rdma_peer_device: Option<String>,
+}
+
+/// KV bytes of one 16-token block of the default model (30 layers × K and V × 3 KV heads
+/// × 64 dims × 16 tokens × 4 bytes).
+const DEFAULT_MODEL_BLOCK_BYTES: usize = 30 * 2 * 3 * 64 * 16 * 4;
+
+#[cfg(not(feature = "rdma"))]
+fn kvx_rdma(_: &KvxBenchArgs, _: &[usize]) -> anyhow::Result<()> {
+    anyhow::bail!("--transport rdma needs a build with the `rdma` feature")
+}
+
+/// kvx over RDMA against kvx over TCP, same payloads, same process.
+#[cfg(feature = "rdma")]
+fn kvx_rdma(a: &KvxBenchArgs, sizes: &[usize]) -> anyhow::Result<()> {
+    use llmd_kvx::rdma::RdmaNode;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let server = RdmaNode::open(a.rdma_device.as_deref(), largest)?;
+    let peer = a.rdma_peer_device.as_deref().or(a.rdma_device.as_deref());
+    let puller = RdmaNode::open(peer, largest)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(llmd_kvx::bench::rdma_vs_tcp(
+        server.clone(),
+        puller.clone(),
+        sizes,
+        a.iters,
+    ))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"transport": "rdma", "server_device": server.device(),
+                "puller_device": puller.device(), "iters": a.iters, "rows": rows})
+        );
+        return Ok(());
+    }
+    println!(
+        "KV transfer, RDMA READ ({} -> {}) and TCP to the same server, median of {} transfers",
+        server.device(),
+        puller.device(),
+        a.iters
+    );
+    println!(
+        "{:>10} {:>7} {:>11} {:>11} {:>9} {:>13} {:>13}",
+        "size", "blocks", "rdma GB/s", "tcp GB/s", "rdma/tcp", "rdma latency", "tcp latency"
+    );
+    for r in rows {
+        println!(
+            "{:>6.1} MiB {:>7.1} {:>11.4} {:>11.4} {:>8.2}x {:>10.2} ms {:>10.2} ms",
+            r.bytes as f64 / (1 << 20) as f64,
+            r.bytes as f64 / DEFAULT_MODEL_BLOCK_BYTES as f64,
+            r.rdma_gbps,
+            r.tcp_gbps,
+            r.rdma_gbps / r.tcp_gbps,
+            r.rdma_latency_s * 1e3,
+            r.tcp_latency_s * 1e3
+        );
+    }
+    Ok(())
 }
 
 fn kvx(a: KvxBenchArgs) -> anyhow::Result<()> {
@@ -104,7 +184,23 @@ fn kvx(a: KvxBenchArgs) -> anyhow::Result<()> {
         a.mib.iter().all(|&m| (1..=4096).contains(&m)),
         "--mib values must be between 1 and 4096"
     );
-    let sizes: Vec<usize> = a.mib.iter().map(|m| m << 20).collect();
+    let sizes: Vec<usize> = if a.blocks.is_empty() {
+        a.mib.iter().map(|m| m << 20).collect()
+    } else {
+        anyhow::ensure!(
+            a.blocks.iter().all(|&b| (1..=4096).contains(&b)),
+            "--blocks values must be between 1 and 4096"
+        );
+        a.blocks
+            .iter()
+            .map(|b| b * DEFAULT_MODEL_BLOCK_BYTES)
+            .collect()
+    };
+    match a.transport.as_str() {
+        "tcp" => {}
+        "rdma" => return kvx_rdma(&a, &sizes),
+        other => anyhow::bail!("--transport must be tcp or rdma, not {other:?}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -169,6 +265,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Kvx(a) => kvx(a),
         BenchCommand::CacheManager(a) => cache_manager(a),
         BenchCommand::Scheduler(a) => crate::bench_scheduler::run(a),
+        BenchCommand::Serve(a) => crate::bench_serve::run(*a),
+        BenchCommand::Plot(a) => crate::bench_plot::run(a),
     }
 }
 
@@ -230,6 +328,7 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<()> {
     let (dmin, dmed, dmax) = stats(decode);
     let threads = rayon::current_num_threads();
     let simd = llmd_quant::SimdLevel::detect().name();
+    let device = llmd_engine::device::name(engine.model.device());
     if a.json {
         println!(
             "{}",
@@ -239,11 +338,12 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<()> {
                 "decode_tok_s_min": dmin, "decode_tok_s_max": dmax,
                 "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
                 "runs": a.runs, "threads": threads, "simd": simd, "model": engine.name,
+                "device": device,
             })
         );
     } else {
         println!(
-            "model {} | {threads} threads | kernels {simd} | {} runs",
+            "model {} | {device} | {threads} threads | kernels {simd} | {} runs",
             engine.name, a.runs
         );
         println!("{:<28} {:>10} {:>10} {:>10}", "", "min", "median", "max");
@@ -329,6 +429,7 @@ fn serving(a: EngineBenchArgs) -> anyhow::Result<()> {
         "--concurrency values must be at least 1"
     );
     let (resolved, model, tok) = a.engine.load_parts()?;
+    let device = llmd_engine::device::name(model.device());
     let max_c = a.concurrency.iter().copied().max().unwrap_or(1);
     let base = bench_prompt(&tok, 4096)?;
     let mut cfg = ServingConfig::new(
@@ -394,12 +495,12 @@ fn serving(a: EngineBenchArgs) -> anyhow::Result<()> {
                 "concurrency": conc, "decode_tokens": a.decode_tokens, "runs": a.runs,
                 "cached_prefix_tokens": a.cached_prefix,
                 "ttft_cold_s": cold_med, "ttft_cached_s": warm_med, "ttft_cached_vs_cold": warm_med / cold_med,
-                "threads": rayon::current_num_threads(), "model": resolved.name,
+                "threads": rayon::current_num_threads(), "model": resolved.name, "device": device,
             })
         );
     } else {
         println!(
-            "model {} | {} threads | {} runs, {} tokens each",
+            "model {} | {device} | {} threads | {} runs, {} tokens each",
             resolved.name,
             rayon::current_num_threads(),
             a.runs,

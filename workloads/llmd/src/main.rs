@@ -1,7 +1,9 @@
 //! The `llmd` binary: one executable for every llmd workload and tool.
 
 mod bench;
+mod bench_plot;
 mod bench_scheduler;
+mod bench_serve;
 mod cache_manager;
 mod generate;
 mod scheduler;
@@ -78,6 +80,14 @@ pub struct EngineArgs {
     /// Tokens per KV block.
     #[arg(long, default_value_t = llmd_engine::engine::DEFAULT_BLOCK_SIZE)]
     pub block_size: usize,
+    /// Where inference runs: `cpu`, `cuda` or `cuda:N` (default: CUDA device 0 when this
+    /// build has the `cuda` feature and a GPU is present, else the CPU).
+    #[arg(long, env = "LLMD_DEVICE")]
+    pub device: Option<String>,
+    /// Dtype of float weights on CUDA: `f32`, `f16` or `bf16` (default: a safetensors
+    /// checkpoint's own, f32 for GGUF; the CPU always computes in f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 impl EngineArgs {
@@ -95,9 +105,20 @@ impl EngineArgs {
                 .num_threads(n)
                 .build_global()?;
         }
+        // Device and dtype first: a wrong one fails before any model is fetched.
+        let device = llmd_engine::device::parse_device(self.device.as_deref())?;
+        let opts = llmd_engine::LoadOptions {
+            dtype: self
+                .dtype
+                .as_deref()
+                .map(llmd_engine::device::parse_dtype)
+                .transpose()?,
+            ..Default::default()
+        };
         let source = llmd_models::ModelSource::parse_opt(self.model.as_deref())?;
         let resolved = llmd_models::resolve(&source, &llmd_models::FetchOptions::from_env())?;
-        let (model, tok) = llmd_engine::load_model(&resolved, &candle_core::Device::Cpu)?;
+        let (model, tok) = llmd_engine::load_model_with(&resolved, &device, &opts)?;
+        tracing::info!(device = %llmd_engine::device::name(&device), "model loaded");
         Ok((resolved, model, tok))
     }
 

@@ -48,6 +48,16 @@ pub struct WorkerArgs {
     /// Seconds a KV pull may take, and an unpulled export stays pinned [default: 30]
     #[arg(long)]
     pub kv_transfer_timeout: Option<f64>,
+    /// tcp, or rdma: RDMA READs (builds with the `rdma` feature); without a usable device
+    /// the worker says so at start and uses TCP [default: tcp]
+    #[arg(long)]
+    pub kv_transport: Option<String>,
+    /// RDMA device for --kv-transport rdma, e.g. mlx5_0 or rxe0 [default: the first usable]
+    #[arg(long)]
+    pub rdma_device: Option<String>,
+    /// Registered staging memory for RDMA transfers, in MiB [default: 256]
+    #[arg(long)]
+    pub rdma_staging_mib: Option<usize>,
     /// Publish KV events to this ZMQ endpoint, e.g. tcp://cache-manager:5557
     #[arg(long)]
     pub kv_events_endpoint: Option<String>,
@@ -65,6 +75,54 @@ pub struct WorkerArgs {
     /// YAML file with any of these settings (flags take precedence)
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// A simulated worker: the real server, scheduler, KV pool, prefix cache, KV events and
+/// P/D hand-off, with the forward pass replaced by a latency model (only the model's
+/// tokenizer and configuration are read), for load tests with many workers on one machine.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Simulate inference instead of running the model
+    #[arg(long)]
+    pub sim: bool,
+    /// Simulated cost of every engine step, in ms
+    #[arg(long, requires = "sim", default_value_t = ms(llmd_engine::SimCost::default().step))]
+    pub sim_step_ms: f64,
+    /// Simulated cost of each prompt token computed, in ms
+    #[arg(long, requires = "sim", default_value_t = ms(llmd_engine::SimCost::default().prefill_token))]
+    pub sim_prefill_ms_per_token: f64,
+    /// Simulated cost of each sequence decoded in a step, in ms
+    #[arg(long, requires = "sim", default_value_t = ms(llmd_engine::SimCost::default().decode_seq))]
+    pub sim_decode_ms_per_seq: f64,
+    /// Tokens a simulated answer has before its end-of-sequence token
+    #[arg(long, requires = "sim", default_value_t = 128)]
+    pub sim_output_len: usize,
+    /// Simulated workers in this process, on consecutive HTTP (and KV) ports
+    #[arg(long, requires = "sim", default_value_t = 1)]
+    pub sim_replicas: u16,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl SimArgs {
+    fn cost(&self) -> anyhow::Result<llmd_engine::SimCost> {
+        let d = |v: f64, flag: &str| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "--{flag} must be a non-negative number of milliseconds"
+            );
+            Ok(Duration::from_secs_f64(v / 1e3))
+        };
+        Ok(llmd_engine::SimCost {
+            step: d(self.sim_step_ms, "sim-step-ms")?,
+            prefill_token: d(self.sim_prefill_ms_per_token, "sim-prefill-ms-per-token")?,
+            decode_seq: d(self.sim_decode_ms_per_seq, "sim-decode-ms-per-seq")?,
+        })
+    }
 }
 
 /// The YAML file's keys: the flags' names.
@@ -85,6 +143,9 @@ struct FileConfig {
     kv_port: Option<u16>,
     kv_host: Option<String>,
     kv_transfer_timeout: Option<f64>,
+    kv_transport: Option<String>,
+    rdma_device: Option<String>,
+    rdma_staging_mib: Option<usize>,
     kv_events_endpoint: Option<String>,
     kv_events_mode: Option<String>,
     kv_events_replay_endpoint: Option<String>,
@@ -139,6 +200,9 @@ impl WorkerArgs {
         fill!(self.kv_port, f.kv_port);
         fill!(self.kv_host, f.kv_host);
         fill!(self.kv_transfer_timeout, f.kv_transfer_timeout);
+        fill!(self.kv_transport, f.kv_transport);
+        fill!(self.rdma_device, f.rdma_device);
+        fill!(self.rdma_staging_mib, f.rdma_staging_mib);
         fill!(self.kv_events_endpoint, f.kv_events_endpoint);
         fill!(self.kv_events_mode, f.kv_events_mode);
         fill!(self.kv_events_replay_endpoint, f.kv_events_replay_endpoint);
@@ -160,6 +224,21 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "--kv-transfer-timeout must be a positive number of seconds"
     );
     let timeout = Duration::from_secs_f64(timeout);
+    let kv_transport = match a.kv_transport.as_deref().unwrap_or("tcp") {
+        "tcp" => llmd_worker::KvTransport::Tcp,
+        "rdma" => {
+            let mib = a.rdma_staging_mib.unwrap_or(256);
+            anyhow::ensure!(
+                (1..=1 << 20).contains(&mib),
+                "--rdma-staging-mib must be between 1 and 1048576"
+            );
+            llmd_worker::KvTransport::Rdma {
+                device: a.rdma_device.clone(),
+                staging_bytes: mib << 20,
+            }
+        }
+        other => anyhow::bail!("--kv-transport must be tcp or rdma, not {other:?}"),
+    };
     let connect = match a.kv_events_mode.as_deref().unwrap_or("connect") {
         "connect" => true,
         "bind" => false,
@@ -171,20 +250,43 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             "--kv-events-endpoint must be tcp://HOST:PORT, not {ep:?}"
         );
     }
+    let replicas = a.sim.sim_replicas;
+    anyhow::ensure!(replicas >= 1, "--sim-replicas must be at least 1");
+    let port_of = |i: u16| -> anyhow::Result<u16> {
+        port.checked_add(i)
+            .with_context(|| format!("--port {port} + {i} replicas is past 65535"))
+    };
     // Fail on a busy port before spending time on the model.
-    std::net::TcpListener::bind((host.as_str(), port))
-        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    for i in 0..replicas {
+        let p = port_of(i)?;
+        std::net::TcpListener::bind((host.as_str(), p))
+            .with_context(|| format!("cannot listen on {host}:{p}"))?;
+    }
 
-    let (resolved, model, tok) = a.engine.load_parts()?;
+    // One engine per (simulated) worker; a real worker loads the weights once.
+    let (resolved, tok, fingerprint, mut backends) = if a.sim.sim {
+        let source = llmd_models::ModelSource::parse_opt(a.engine.model.as_deref())?;
+        let resolved = llmd_models::resolve(&source, &llmd_models::FetchOptions::from_env())?;
+        let (sim, tok) = llmd_engine::load_sim(&resolved, a.sim.cost()?, a.sim.sim_output_len)?;
+        // Never exchange KV with a real worker of the same model.
+        let fp = format!(
+            "sim:{}",
+            llmd_engine::model_fingerprint(&resolved, sim.config())
+        );
+        let backends: Vec<llmd_engine::Backend> =
+            (0..replicas).map(|_| sim.clone().into()).collect();
+        (resolved, tok, fp, backends)
+    } else {
+        let (resolved, model, tok) = a.engine.load_parts()?;
+        let fp = llmd_engine::model_fingerprint(&resolved, model.config());
+        (resolved, tok, fp, vec![model.into()])
+    };
     let served = if a.served_model_name.is_empty() {
         vec![resolved.name.clone()]
     } else {
         a.served_model_name.clone()
     };
-    let mut cfg = llmd_engine::serving::ServingConfig::new(
-        served[0].clone(),
-        llmd_engine::model_fingerprint(&resolved, model.config()),
-    );
+    let mut cfg = llmd_engine::serving::ServingConfig::new(served[0].clone(), fingerprint);
     cfg.block_size = a.engine.block_size;
     if let Some(kv) = a.engine.kv_cache()? {
         cfg.kv_cache = kv;
@@ -198,27 +300,39 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         cfg.scheduler.max_num_batched_tokens = n;
     }
     cfg.pin_timeout = timeout;
-    let (events_tx, events_rx) = match a.kv_events_endpoint {
-        Some(_) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
+    let mut workers = Vec::new();
+    for i in 0..replicas {
+        let (events_tx, events_rx) = match a.kv_events_endpoint {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let backend = backends.remove(0);
+        let engine =
+            llmd_engine::serving::LlmEngine::start(backend, tok.clone(), cfg.clone(), events_tx)?;
+        let mut wc = llmd_worker::WorkerConfig::new(host.clone(), port_of(i)?);
+        wc.served_model_names = served.clone();
+        wc.role = role;
+        if let Some(n) = a.max_waiting {
+            wc.max_waiting = n;
         }
-        None => (None, None),
-    };
-    let engine = llmd_engine::serving::LlmEngine::start(model, tok, cfg, events_tx)?;
-
-    let mut wc = llmd_worker::WorkerConfig::new(host, port);
-    wc.served_model_names = served;
-    wc.role = role;
-    if let Some(n) = a.max_waiting {
-        wc.max_waiting = n;
+        wc.kv_port = match a.kv_port {
+            Some(p) if p != 0 => Some(
+                p.checked_add(i)
+                    .with_context(|| format!("--kv-port {p} + {i} replicas is past 65535"))?,
+            ),
+            other => other,
+        };
+        wc.kv_advertise_host = a.kv_host.clone();
+        wc.kv_transfer_timeout = timeout;
+        wc.kv_transport = kv_transport.clone();
+        wc.kv_events_endpoint = a.kv_events_endpoint.clone();
+        wc.kv_events_connect = connect;
+        wc.kv_events_replay_endpoint = a.kv_events_replay_endpoint.clone();
+        workers.push((engine, wc, events_rx));
     }
-    wc.kv_port = a.kv_port;
-    wc.kv_advertise_host = a.kv_host;
-    wc.kv_transfer_timeout = timeout;
-    wc.kv_events_endpoint = a.kv_events_endpoint;
-    wc.kv_events_connect = connect;
-    wc.kv_events_replay_endpoint = a.kv_events_replay_endpoint;
 
     // The engine has its own thread and rayon pool; two runtime threads are plenty for HTTP.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -226,15 +340,32 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = crate::shutdown_signal();
-        let w = llmd_worker::start(engine.handle(), wc, events_rx, shutdown).await?;
-        // Log lines a supervisor (and the tests) can read to find the ports.
-        eprintln!("llmd worker: http://{}", w.http_addr);
-        if let Some(kv) = w.kv_addr {
-            eprintln!("llmd worker: kv transfer on {kv}");
+        // One shutdown signal, fanned out to every replica.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut servers = Vec::new();
+        let mut engines = Vec::new();
+        for (engine, wc, events_rx) in workers {
+            let mut rx = stop_rx.clone();
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let w = llmd_worker::start(engine.handle(), wc, events_rx, shutdown).await?;
+            // Log lines a supervisor (and the tests) can read to find the ports.
+            eprintln!("llmd worker: http://{}", w.http_addr);
+            if let Some(kv) = w.kv_addr {
+                eprintln!("llmd worker: kv transfer on {kv}");
+            }
+            servers.push(w.server);
+            engines.push(engine);
         }
-        w.server.await?;
-        drop(engine);
+        for s in servers {
+            s.await?;
+        }
+        drop(engines);
         anyhow::Ok(())
     })
 }

@@ -509,3 +509,220 @@ fn a_client_that_disconnects_frees_its_kv() {
     assert_eq!(metric(&w, "llmd_kv_blocks", "state=\"free\""), free0);
     assert_eq!(metric(&w, "vllm:request_success_total", "abort"), 1.0);
 }
+
+/// The series a /metrics page exposes (names and labels, values dropped).
+fn series(url: &str) -> std::collections::BTreeSet<String> {
+    common::metrics_text(url)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+        .collect()
+}
+
+/// `llmd worker --sim` (two replicas in one process) looks like a real worker to
+/// Prometheus, the cache-manager and a P/D scheduler: the same metric series, the same KV
+/// events for the same prompt, and a prefill → decode hand-off that continues with the
+/// same tokens as one simulated worker alone.
+#[test]
+fn a_simulated_worker_matches_a_real_one() {
+    let Some((model, _)) = enabled() else { return };
+    let (cm, events) = common::start_cache_manager(&[]);
+    let ev = ["--kv-events-endpoint", events.as_str()];
+    let real = start_worker(&model, &ev);
+    let port = common::free_port().to_string();
+    let mut args = vec![
+        "worker",
+        "--sim",
+        "--sim-replicas",
+        "2",
+        "--model",
+        &model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ];
+    args.extend_from_slice(&ev);
+    let (child, rx) = common::spawn_llmd(&args, "sim");
+    let mut urls = Vec::new();
+    let mut kv_ports = Vec::new();
+    while urls.len() < 2 || kv_ports.len() < 2 {
+        let line = common::wait_line(&rx, "llmd worker: ");
+        if let Some(u) = line.strip_prefix("http://") {
+            urls.push(format!("http://{u}"));
+        } else if let Some(a) = line.strip_prefix("kv transfer on ") {
+            kv_ports.push(a.rsplit(':').next().unwrap().parse::<u16>().unwrap());
+        }
+    }
+    common::drain(rx);
+    let sim = Worker {
+        child,
+        url: urls[0].clone(),
+        kv_port: Some(kv_ports[0]),
+    };
+    // The second replica is a plain handle on the same process (killed with the first).
+    let sim2 = Worker {
+        child: Command::new("true").spawn().unwrap(),
+        url: urls[1].clone(),
+        kv_port: Some(kv_ports[1]),
+    };
+    let name = model_name(&real);
+    assert_eq!(model_name(&sim), name);
+
+    let body = completion(PROMPT, &name, None);
+    let (st, r) = post(&format!("{}/v1/completions", real.url), &body);
+    assert_eq!(st, 200, "{r}");
+    let (st, s) = post(&format!("{}/v1/completions", sim.url), &body);
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(r["usage"]["prompt_tokens"], s["usage"]["prompt_tokens"]);
+    assert_eq!(s["usage"]["completion_tokens"], json!(24), "{s}");
+    assert!(!text(&s).is_empty());
+
+    // Same series on /metrics, label sets included.
+    assert_eq!(series(&real.url), series(&sim.url));
+
+    // Same KV events: the cache-manager scores both workers alike for the prompt.
+    let toks: Value = client()
+        .post(format!("{}/tokenize", real.url))
+        .json(&json!({"model": name, "prompt": PROMPT}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let blocks = |w: &Worker, v: &Value| {
+        let id = w.url.trim_start_matches("http://");
+        v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["worker"] == id)
+            .map_or(0, |x| x["blocks"].as_u64().unwrap())
+    };
+    common::eventually("both workers indexed", || {
+        let (_, v) = post(
+            &format!("{}/v1/score", cm.url),
+            &json!({"model": name, "token_ids": toks["tokens"]}),
+        );
+        let (a, b) = (blocks(&real, &v), blocks(&sim, &v));
+        (a > 0 && a == b, v.to_string())
+    });
+
+    // What peer routers ask of a worker: vLLM's render endpoints give the ids the
+    // request runs on (as /tokenize does), and the registration probes answer.
+    let messages = json!([{"role": "user", "content": PROMPT}]);
+    let (st, rendered) = post(
+        &format!("{}/v1/chat/completions/render", real.url),
+        &json!({"model": name, "messages": messages, "max_tokens": 5}),
+    );
+    assert_eq!(st, 200, "{rendered}");
+    let (_, tokenized) = post(
+        &format!("{}/tokenize", real.url),
+        &json!({"model": name, "messages": messages}),
+    );
+    assert_eq!(rendered["token_ids"], tokenized["tokens"]);
+    let (st, rendered) = post(
+        &format!("{}/v1/completions/render", sim.url),
+        &json!({"model": name, "prompt": PROMPT}),
+    );
+    assert_eq!(st, 200, "{rendered}");
+    assert_eq!(rendered["token_ids"], toks["tokens"]);
+    let (st, bad) = post(
+        &format!("{}/v1/chat/completions/render", real.url),
+        &json!({"model": "nope", "messages": messages}),
+    );
+    assert_eq!(st, 404, "{bad}");
+    for path in [
+        "server_info",
+        "model_info",
+        "get_server_info",
+        "get_model_info",
+    ] {
+        let v: Value = client()
+            .get(format!("{}/{path}", real.url))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(v["served_model_name"], json!(name), "{path}: {v}");
+    }
+
+    // P/D between the two replicas: the decode leg imports the KV and continues exactly
+    // as one simulated worker did.
+    let (_, second) = disaggregated(&sim, &sim2, &name);
+    assert_eq!(text(&second), text(&s));
+    assert!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{second}"
+    );
+    // A real worker refuses simulated KV (different fingerprint) and computes the prompt.
+    let (_, mixed) = disaggregated(&sim, &real, &name);
+    assert_eq!(text(&mixed), text(&r));
+    drop(sim2);
+}
+
+/// `llmd bench serve` against a simulated worker: every request of the shared-prefix
+/// workload succeeds, timings are measured, and the users' shared prefixes are reported
+/// cached by the worker.
+#[test]
+fn bench_serve_measures_a_simulated_worker() {
+    let Some((model, _)) = enabled() else { return };
+    let sim = start_worker(&model, &["--sim", "--sim-step-ms", "1"]);
+    let dir = std::env::temp_dir().join(format!("llmd-bench-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("run.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args([
+            "bench",
+            "serve",
+            "--url",
+            &sim.url,
+            "--requests",
+            "24",
+            "--concurrency",
+            "4",
+        ])
+        .args(["--users", "4", "--label", "sim", "--json"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| TTFT (ms) |"), "{stdout}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["requests"], json!(24), "{r}");
+    assert_eq!(r["succeeded"], json!(24), "{r}");
+    assert_eq!(r["workload"], json!("shared-prefix"));
+    for s in r["samples"].as_array().unwrap() {
+        assert_eq!(s["output_tokens"], json!(24), "{s}");
+        assert!(s["ttft"].as_f64().unwrap() > 0.0);
+    }
+    assert!(r["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["cached_fraction"].as_f64().unwrap() > 0.3, "{r}");
+    // --compare reads two reports back.
+    let cmp = Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(["bench", "serve", "--compare"])
+        .args([&report, &report])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cmp.stdout);
+    assert!(
+        cmp.status.success() && text.contains("| TTFT p90 (ms) |"),
+        "{text}"
+    );
+    // A bad report is a one-line error, not a panic.
+    std::fs::write(dir.join("bad.json"), "{}").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(["bench", "serve", "--compare"])
+        .args([&report, &dir.join("bad.json")])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

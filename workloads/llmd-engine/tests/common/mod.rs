@@ -304,3 +304,45 @@ pub fn resolve(path: &Path) -> llmd_models::ResolvedModel {
     )
     .unwrap()
 }
+
+/// Teacher-forced greedy comparison: `a` decodes greedily, `b` follows a's tokens; wherever
+/// their greedy picks differ, a's two best logits must be within `margin` of each other — a
+/// near tie that rounding may flip, not an error. Returns the number of such flips.
+pub fn greedy_agree(
+    a: &llmd_engine::Engine,
+    b: &llmd_engine::Engine,
+    prompt: &[u32],
+    steps: usize,
+    margin: f32,
+) -> usize {
+    let (mut sa, mut sb) = (
+        llmd_engine::SeqBlocks::new(a),
+        llmd_engine::SeqBlocks::new(b),
+    );
+    sa.ensure(prompt.len()).unwrap();
+    sb.ensure(prompt.len()).unwrap();
+    let mut la = a.step(prompt, 0, &sa.blocks).unwrap();
+    let mut lb = b.step(prompt, 0, &sb.blocks).unwrap();
+    let mut mismatches = 0;
+    for (i, pos) in (0..steps).zip(prompt.len()..) {
+        let (ta, tb) = (
+            llmd_engine::sampling::argmax(&la),
+            llmd_engine::sampling::argmax(&lb),
+        );
+        if ta != tb {
+            let mut top = la.clone();
+            top.sort_by(|x, y| y.total_cmp(x));
+            assert!(
+                top[0] - top[1] <= margin,
+                "step {i}: greedy token {ta} vs {tb}, and the top two logits are {} apart",
+                top[0] - top[1]
+            );
+            mismatches += 1;
+        }
+        sa.ensure(pos + 1).unwrap();
+        sb.ensure(pos + 1).unwrap();
+        la = a.step(&[ta], pos, &sa.blocks).unwrap();
+        lb = b.step(&[ta], pos, &sb.blocks).unwrap();
+    }
+    mismatches
+}
