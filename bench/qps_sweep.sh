@@ -3,14 +3,14 @@
 # our round-robin profile (and the peers, with --peers) on simulated workers, open loop at
 # each QPS, through bench/serve_vs_peers.sh; then CSVs and SVG plots.
 #
-#   bench/qps_sweep.sh [OUT_DIR] [--workers 64] [--qps "25 50 100 200"] [--requests 600] [--peers]
+#   bench/qps_sweep.sh [OUT_DIR] [--workers 64] [--qps "25 50 100 200"] [--requests 800] [--peers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=
 WORKERS=64
 QPS_LIST="25 50 100 200"
-REQUESTS=600
+REQUESTS=800
 ONLY="llmd-precise llmd-round-robin"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -26,7 +26,7 @@ OUT=${OUT:-$ROOT/target/bench-qps/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 for q in $QPS_LIST; do
     bench/serve_vs_peers.sh --sim "$WORKERS" --only "$ONLY" "$OUT/qps-$q" -- \
-        --qps "$q" --requests "$REQUESTS" --users $((WORKERS * 4)) --groups $((WORKERS * 2)) \
+        --qps "$q" --requests "$REQUESTS" --users $((WORKERS * 2)) --groups $((WORKERS / 2)) \
         --max-tokens 24
 done
 python3 - "$OUT" $QPS_LIST <<'PY'

@@ -5,9 +5,11 @@
 # workload; then a table of ratios.
 #
 #   bench/serve_vs_peers.sh [--sim N] [--workers N] [--worker-args "FLAGS"]
-#                           [--routing-config FILE] [--only "RUN..."] [OUT_DIR]
+#                           [--routing-config FILE|builtin] [--only "RUN..."] [OUT_DIR]
 #                           [-- BENCH_SERVE_ARGS...]
 #
+# "llmd precise" routes with bench/routing-precise.yaml (llm-d's default weights plus its
+# no-hit-lru-scorer); `--routing-config builtin` uses the scheduler's built-in default.
 # Real workers (default: 4 × the default model, one thread each) or `--sim N` simulated
 # workers (one `llmd worker --sim --sim-replicas N` process). The peers are installed from
 # pip into target/peerenv; a peer that cannot be installed or started is reported as such.
@@ -20,14 +22,14 @@ SIM=0
 WORKERS=4
 OUT=
 WORKER_ARGS=
-ROUTING=
+ROUTING=$ROOT/bench/routing-precise.yaml
 ONLY="llmd-precise llmd-round-robin sglang-cache-aware vllm-router-cache-aware"
 while [ $# -gt 0 ]; do
     case "$1" in
         --sim) SIM=1; WORKERS=$2; shift 2 ;;
         --workers) WORKERS=$2; shift 2 ;;
         --worker-args) WORKER_ARGS=$2; shift 2 ;;
-        --routing-config) ROUTING=$(realpath "$2"); shift 2 ;;
+        --routing-config) ROUTING=$2; [ "$2" = builtin ] || ROUTING=$(realpath "$2"); shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --) shift; break ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
@@ -139,7 +141,7 @@ llmd_scheduler() { # PROFILE
     local args=(scheduler --host 127.0.0.1 --port "$ROUTER_PORT" --profile "$1")
     if [ "$1" = default ]; then
         args+=(--cache-manager "http://127.0.0.1:$CM_PORT")
-        [ -n "$ROUTING" ] && args+=(--routing-config "$ROUTING")
+        [ "$ROUTING" = builtin ] || args+=(--routing-config "$ROUTING")
     fi
     for u in "${URLS[@]}"; do args+=(--worker "$u"); done
     exec "$LLMD" "${args[@]}"
@@ -186,6 +188,6 @@ print(f"| {r} | {x['ttft_ms']['p50']:.0f} | {x['ttft_ms']['p90']:.0f} | {x['ttft
       f"{x['success_rate'] * 100:.0f}% | {ratio(rr)} | {ratio(pr)} |")
 PY
     done
-    [ -f "$OUT/skipped.txt" ] && { echo; cat "$OUT/skipped.txt"; }
+    if [ -f "$OUT/skipped.txt" ]; then echo; cat "$OUT/skipped.txt"; fi
 } | tee "$OUT/summary.md"
 echo "results in $OUT" >&2

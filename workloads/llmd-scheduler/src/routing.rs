@@ -35,6 +35,12 @@ pub enum Scorer {
     SessionAffinity,
     /// 0.5 at an empty queue, falling linearly to 0 at `threshold` waiting requests.
     LoadAware { threshold: f64 },
+    /// llm-d's no-hit-lru-scorer: for a cold prompt (no worker holds more than `threshold`
+    /// of its blocks; 0: none holds any), 1 for the worker that least recently got a cold
+    /// prompt falling to 0 for the most recent, so that new prefixes spread over the
+    /// workers instead of following load signals that have not moved yet; 0.5 for all
+    /// when the prompt is warm.
+    NoHitLru { threshold: f64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +73,15 @@ fn plugin(kind: &str, params: Option<&Value>) -> Result<Plugin, SchedulerError> 
         "kv-cache-utilization-scorer" => Plugin::Scorer(Scorer::KvUtilization),
         "active-request-scorer" => Plugin::Scorer(Scorer::ActiveRequests),
         "session-affinity-scorer" => Plugin::Scorer(Scorer::SessionAffinity),
+        "no-hit-lru-scorer" => {
+            let threshold = num("threshold").unwrap_or(0.0);
+            if !(0.0..1.0).contains(&threshold) {
+                return Err(SchedulerError::Config(
+                    "no-hit-lru-scorer threshold must be a fraction in [0, 1)".into(),
+                ));
+            }
+            Plugin::Scorer(Scorer::NoHitLru { threshold })
+        }
         "load-aware-scorer" => {
             let threshold = num("threshold").unwrap_or(LOAD_AWARE_THRESHOLD);
             if !(threshold > 0.0 && threshold.is_finite()) {
@@ -114,12 +129,16 @@ impl Scorer {
             Scorer::ActiveRequests => "active-request-scorer",
             Scorer::SessionAffinity => "session-affinity-scorer",
             Scorer::LoadAware { .. } => "load-aware-scorer",
+            Scorer::NoHitLru { .. } => "no-hit-lru-scorer",
         }
     }
 
     /// Whether this scorer needs the prompt's tokens.
     pub fn needs_prefix(self) -> bool {
-        matches!(self, Scorer::PrecisePrefix | Scorer::ApproxPrefix)
+        matches!(
+            self,
+            Scorer::PrecisePrefix | Scorer::ApproxPrefix | Scorer::NoHitLru { .. }
+        )
     }
 }
 
@@ -129,6 +148,9 @@ pub struct Profile {
     pub scorers: Vec<(Scorer, f64)>,
     pub picker: Picker,
     cursor: AtomicUsize,
+    /// no-hit-lru-scorer: when each worker last got a cold prompt (a sequence number).
+    cold_picks: std::sync::Mutex<HashMap<String, u64>>,
+    cold_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Profile {
@@ -204,6 +226,8 @@ impl Profiles {
                 scorers,
                 picker: picker.unwrap_or(Picker::MaxScore),
                 cursor: AtomicUsize::new(0),
+                cold_picks: std::sync::Mutex::new(HashMap::new()),
+                cold_seq: std::sync::atomic::AtomicU64::new(0),
             };
             profiles.insert(spec.name.clone(), Arc::new(profile));
         }
@@ -279,6 +303,14 @@ impl RequestView<'_> {
             (false, _) => self.approx.get(worker).copied().unwrap_or(0),
         }
     }
+
+    /// The share of the prompt's blocks `worker` holds.
+    fn held_fraction(&self, worker: &str) -> f64 {
+        if self.total_blocks == 0 {
+            return 0.0;
+        }
+        self.held_blocks(worker) as f64 / self.total_blocks as f64
+    }
 }
 
 /// One candidate's scores.
@@ -338,6 +370,46 @@ pub fn rank(profile: &Profile, cands: Vec<Arc<Worker>>, view: &RequestView) -> V
             1.0
         }
     };
+    // no-hit-lru-scorer: is the prompt cold, and each candidate's rank by how long ago it
+    // got a cold prompt (never first).
+    let no_hit = profile.scorers.iter().find_map(|(s, _)| match s {
+        Scorer::NoHitLru { threshold } => Some(*threshold),
+        _ => None,
+    });
+    let cold = no_hit.is_some_and(|threshold| {
+        let best = cands
+            .iter()
+            .map(|w| view.held_fraction(&w.id))
+            .fold(0.0, f64::max);
+        best <= threshold
+    });
+    let lru_score: HashMap<String, f64> = if cold {
+        let picks = profile
+            .cold_picks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let mut order: Vec<(Option<u64>, &str)> = cands
+            .iter()
+            .map(|w| (picks.get(&w.id).copied(), w.id.as_str()))
+            .collect();
+        order.sort();
+        let n = order.len();
+        order
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, id))| {
+                let v = if n > 1 {
+                    1.0 - i as f64 / (n - 1) as f64
+                } else {
+                    1.0
+                };
+                (id.to_string(), v)
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut scored: Vec<Scored> = cands
         .into_iter()
         .zip(&loads)
@@ -363,6 +435,10 @@ pub fn rank(profile: &Profile, cands: Vec<Arc<Worker>>, view: &RequestView) -> V
                         Scorer::LoadAware { threshold } => {
                             0.5 * (1.0 - (l.waiting / threshold).min(1.0))
                         }
+                        Scorer::NoHitLru { .. } if cold => {
+                            lru_score.get(&w.id).copied().unwrap_or(0.0)
+                        }
+                        Scorer::NoHitLru { .. } => 0.5,
                     };
                     total += weight * v;
                     (s.name(), v)
@@ -417,6 +493,12 @@ pub fn rank(profile: &Profile, cands: Vec<Arc<Worker>>, view: &RequestView) -> V
         Picker::RoundRobin => profile.cursor.fetch_add(1, Ordering::Relaxed) % scored.len(),
     };
     let first = scored.swap_remove(pick);
+    if cold {
+        let seq = profile.cold_seq.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = profile.cold_picks.lock() {
+            m.insert(first.worker.id.clone(), seq);
+        }
+    }
     scored.sort_by(|a, b| b.total.total_cmp(&a.total));
     scored.insert(0, first);
     scored
@@ -510,6 +592,42 @@ mod tests {
             let r = rank(p.decode(), c, &view(10, Some(&none), &none));
             assert_eq!(r[0].worker.id, "127.0.0.1:3");
         }
+    }
+
+    /// no-hit-lru-scorer: cold prompts (below the hit threshold everywhere) go to the
+    /// worker that least recently got one, so new prefixes spread even before any load is
+    /// scraped; a warm prompt is left to the prefix scorer.
+    #[test]
+    fn no_hit_lru_spreads_cold_prompts() {
+        let cfg: RoutingConfig = serde_yaml_ng::from_str(
+            "plugins:\n- type: precise-prefix-cache-scorer\n- type: no-hit-lru-scorer\n  parameters: {threshold: 0.25}\n- type: max-score-picker\nschedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: precise-prefix-cache-scorer\n    weight: 3\n  - pluginRef: no-hit-lru-scorer\n    weight: 2\n  - pluginRef: max-score-picker\n",
+        )
+        .unwrap();
+        let p = Profiles::build(&cfg, None).unwrap();
+        let ws: Vec<_> = (1..=4).map(|i| worker(i, Role::Both, 0.0, 0.0)).collect();
+        let none = HashMap::new();
+        // One shared leading block (a chat template) on worker 1: still cold.
+        let template: HashMap<String, usize> = [("127.0.0.1:1".to_string(), 1)].into();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let c = candidates(p.decode(), &ws, "m", Leg::Decode);
+            let r = rank(p.decode(), c, &view(30, Some(&template), &none));
+            seen.push(r[0].worker.id.clone());
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "four cold prompts, four workers: {seen:?}");
+        // Warm: the holder wins and the LRU scorer is neutral.
+        let warm: HashMap<String, usize> = [("127.0.0.1:2".to_string(), 25)].into();
+        let c = candidates(p.decode(), &ws, "m", Leg::Decode);
+        let r = rank(p.decode(), c, &view(30, Some(&warm), &none));
+        assert_eq!(r[0].worker.id, "127.0.0.1:2");
+        assert_eq!(r[0].parts[1], ("no-hit-lru-scorer", 0.5));
+        let bad: RoutingConfig = serde_yaml_ng::from_str(
+            "plugins:\n- type: no-hit-lru-scorer\n  parameters: {threshold: 1.5}\nschedulingProfiles:\n- name: x\n  plugins:\n  - pluginRef: no-hit-lru-scorer\n",
+        )
+        .unwrap();
+        assert!(Profiles::build(&bad, None).is_err());
     }
 
     #[test]
