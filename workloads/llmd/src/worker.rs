@@ -252,7 +252,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let replicas = a.sim.sim_replicas;
     anyhow::ensure!(replicas >= 1, "--sim-replicas must be at least 1");
+    // Replicas take consecutive ports; with --port 0 each gets a free one of its own.
     let port_of = |i: u16| -> anyhow::Result<u16> {
+        if port == 0 {
+            return Ok(0);
+        }
         port.checked_add(i)
             .with_context(|| format!("--port {port} + {i} replicas is past 65535"))
     };

@@ -529,7 +529,8 @@ fn a_simulated_worker_matches_a_real_one() {
     let (cm, events) = common::start_cache_manager(&[]);
     let ev = ["--kv-events-endpoint", events.as_str()];
     let real = start_worker(&model, &ev);
-    let port = common::free_port().to_string();
+    // --port 0: each replica on a free port of its own.
+    let port = "0".to_string();
     let mut args = vec![
         "worker",
         "--sim",
