@@ -30,20 +30,8 @@ LLMD=$ROOT/target/release/llmd
 MODEL=$("$LLMD" model fetch | cut -f3)
 BASE=${LLMD_BENCH_PORT:-20000}
 SCHED=$((BASE - 10)); CM=$((BASE - 11)); EV=$((BASE - 12))
-PIDS=()
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
-trap stop_all EXIT
-wait_http() {
-    local deadline=$((SECONDS + 120))
-    until curl -sf -o /dev/null "$1"; do
-        [ $SECONDS -lt $deadline ] || { echo "timed out waiting for $1" >&2; return 1; }
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 cpu_s() { # PID: user+system CPU seconds so far
     awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
 }

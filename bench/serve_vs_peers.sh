@@ -58,21 +58,8 @@ BASE=${LLMD_BENCH_PORT:-19000}
 ROUTER_PORT=$((BASE + 900))
 CM_PORT=$((BASE + 901))
 EV_PORT=$((BASE + 902))
-PIDS=()
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
-trap stop_all EXIT
-
-wait_http() { # URL [seconds]
-    local deadline=$((SECONDS + ${2:-120}))
-    until curl -sf -o /dev/null "$1"; do
-        [ $SECONDS -lt $deadline ] || { echo "timed out waiting for $1" >&2; return 1; }
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 URLS=()
 start_workers() { # LOG_PREFIX

@@ -268,7 +268,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
 
     // One engine per (simulated) worker; a real worker loads the weights once.
-    let (resolved, tok, fingerprint, mut backends) = if a.sim.sim {
+    let (resolved, tok, fingerprint, backends) = if a.sim.sim {
         let source = llmd_models::ModelSource::parse_opt(a.engine.model.as_deref())?;
         let resolved = llmd_models::resolve(&source, &llmd_models::FetchOptions::from_env())?;
         let (sim, tok) = llmd_engine::load_sim(&resolved, a.sim.cost()?, a.sim.sim_output_len)?;
@@ -305,7 +305,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     cfg.pin_timeout = timeout;
     let mut workers = Vec::new();
-    for i in 0..replicas {
+    for (i, backend) in (0..replicas).zip(backends) {
         let (events_tx, events_rx) = match a.kv_events_endpoint {
             Some(_) => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -313,7 +313,6 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             }
             None => (None, None),
         };
-        let backend = backends.remove(0);
         let engine =
             llmd_engine::serving::LlmEngine::start(backend, tok.clone(), cfg.clone(), events_tx)?;
         let mut wc = llmd_worker::WorkerConfig::new(host.clone(), port_of(i)?);
